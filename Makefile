@@ -1,0 +1,29 @@
+# The two commands: `make demo` and `make test`. Each creates .venv when missing, then reuses it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vreid demo --out outputs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_ensemble.py
+
+clean:
+	rm -rf outputs .pytest_cache
