@@ -1,0 +1,378 @@
+"""Typed run and grid configs, loaded from ``search_spaces/*.yaml`` and validated once, at the edge.
+
+A YAML file holds one :class:`RunConfig` (a recipe with its data, model, stage schedules, scaling and
+output settings) and, for grids, a ``grid`` section (:class:`GridConfig`) listing the values to sweep.
+Unknown keys and values of the wrong type fail with a :class:`~vreid.errors.ConfigError` naming the
+dotted key (``stage1.lr``) and the file, so a typo never silently falls back to a default.
+
+Defaults are the papers' settings:
+
+* VehicleNet (sec. V-A): SGD, momentum 0.9, weight decay 1e-4 (5e-4 for the AI City runs), lr 0.02
+  divided by 10 at epoch 40 of Stage-I (60 epochs) and epoch 8 of Stage-II (12 epochs), batch 36,
+  naive sampling (Table VIII), fc 512 + BN head, feature = BN output.
+* SSBVER (sec. 4.3): 120 epochs, label smoothing 0.2, Adam lr 5e-4, wd 1e-3, x0.1 at 40/70/100 for
+  ResNets; AdamW + cosine (1e-4 -> 1.6e-5), wd 1e-4 for transformers; 10 linear warm-up epochs; EMA
+  teacher momentum 0.9995; tau_s = 0.1, tau_t 0.0005 -> 0.001 over the first 10 epochs; E = 1024 for VeRi.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from vreid.errors import ConfigError
+
+RECIPES = ("vehiclenet", "ssbver", "ssbver_baseline")
+TRANSFORMER_PREFIXES = ("vit", "deit", "swin", "convnext", "test_vit", "test_convnext", "eva", "beit")
+
+
+@dataclass
+class DataConfig:
+    """Manifests (parquet, from ``vreid data vehiclenet``) and image handling."""
+
+    manifests: Optional[str] = None  # a folder from `vreid data vehiclenet`; fills the paths below
+    stage1_train: Optional[str] = None
+    stage2_train: Optional[str] = None
+    val_query: Optional[str] = None
+    val_gallery: Optional[str] = None
+    image_size: list[int] = field(default_factory=lambda: [256, 256])  # [height, width]
+    loader_workers: int = 2
+    use_bbox: bool = True
+
+    def resolved(self, base: Path | None = None) -> "DataConfig":
+        """Fill unset manifest paths from ``manifests`` and make every path absolute."""
+        out = copy.deepcopy(self)
+        root = Path(out.manifests) if out.manifests else None
+        if root is not None and not root.is_absolute() and base is not None:
+            root = (base / root).resolve()
+        for name in ("stage1_train", "stage2_train", "val_query", "val_gallery"):
+            value = getattr(out, name)
+            if value is None and root is not None:
+                value = str(root / f"{name}.parquet")
+            if value is not None:
+                p = Path(value)
+                if not p.is_absolute():
+                    p = ((base or Path.cwd()) / p).resolve()
+                value = str(p)
+            setattr(out, name, value)
+        if root is not None:
+            out.manifests = str(root.resolve())
+        return out
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"
+    pretrained: Union[bool, str] = False  # true: timm's local cache; a path: a local weights file
+    last_stride: int = 1
+    head: Optional[Literal["vehiclenet", "bnneck"]] = None  # default from the recipe
+    fc_dim: int = 512
+    dropout: float = 0.5
+
+
+@dataclass
+class StageConfig:
+    """One training stage's optimisation schedule (epochs are 0-based in code, 1-based in logs)."""
+
+    epochs: int = 60
+    batch_size: int = 36
+    lr: float = 0.02
+    backbone_lr_mult: float = 0.1  # the authors' code trains pretrained layers at 0.1 x lr
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    scheduler: Literal["step", "cosine"] = "step"
+    milestones: list[int] = field(default_factory=lambda: [40])
+    gamma: float = 0.1
+    min_lr: float = 1.6e-5
+    warmup_epochs: int = 0
+    warmup_factor: float = 0.099  # SSBVER: linear warm-up "with rate 0.099"
+    sampler: Literal["naive", "balanced", "pk"] = "naive"
+    num_instances: int = 4  # K of the P x K sampler; P = batch_size // K
+    label_smoothing: float = 0.0
+    eval_every: int = 1
+
+
+@dataclass
+class SSBVERConfig:
+    lambda_ce: float = 1.0
+    lambda_triplet: float = 1.0
+    lambda_ssl: float = 1.0
+    triplet_margin: Optional[float] = None  # None: soft-margin (SSBVER Eq. 1)
+    ema_momentum: float = 0.9995
+    n_local: int = 4  # Fig. 7: best at L = 4
+    local_size: list[int] = field(default_factory=lambda: [96, 96])
+    dino_out_dim: int = 1024  # E: 1024 VeRi, 8192 VehicleID, 16384 VeRi-Wild
+    dino_hidden_dim: int = 2048
+    dino_bottleneck_dim: int = 256
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.0005
+    teacher_temp: float = 0.001
+    teacher_temp_warmup_epochs: int = 10
+    ssl_loss: Literal["ce", "rmse"] = "ce"
+
+
+@dataclass
+class EvalConfig:
+    flip: bool = True
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    batch_size: int = 64
+    metric: Literal["cosine", "euclidean"] = "cosine"
+
+
+@dataclass
+class ScalingSettings:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0
+    mixed_precision: bool = True  # only on GPU
+    max_failures: int = 2
+
+
+@dataclass
+class OutputConfig:
+    root: str = "outputs"
+    storage_path: Optional[str] = None  # default <root>/ray; shared storage (s3://, NFS) on a cluster
+    mlflow_tracking_uri: Optional[str] = None  # default sqlite:///<root>/mlflow.db or $MLFLOW_TRACKING_URI
+
+
+@dataclass
+class GridConfig:
+    """A Tune grid over dotted RunConfig keys, e.g. ``{"stage1.batch_size": [32, 48]}``."""
+
+    params: dict[str, list[Any]] = field(default_factory=dict)
+    top_k: int = 8
+    metric: str = "val_mAP"
+    mode: Literal["max", "min"] = "max"
+    max_concurrent_trials: int = 0  # 0: as many as the resources allow
+    trial_cpus: float = 0.5  # the trial driver's own CPU share; its Train workers add theirs
+    trial_gpus: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    recipe: Literal["vehiclenet", "ssbver", "ssbver_baseline"] = "vehiclenet"
+    seed: int = 0
+    target: str = "cityflow"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(epochs=12, milestones=[8]))
+    ssbver: SSBVERConfig = field(default_factory=SSBVERConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    scaling: ScalingSettings = field(default_factory=ScalingSettings)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    grid: Optional[GridConfig] = None
+    description: str = ""
+
+    # -- derived -----------------------------------------------------------------------------
+    @property
+    def head(self) -> str:
+        if self.model.head:
+            return self.model.head
+        return "vehiclenet" if self.recipe == "vehiclenet" else "bnneck"
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages a recipe runs: VehicleNet Stage-I then Stage-II; SSBVER one stage (``stage1``)."""
+        return ["stage1", "stage2"] if self.recipe == "vehiclenet" else ["stage1"]
+
+    def stage(self, name: str) -> StageConfig:
+        return getattr(self, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, for MLflow params and comparison tables."""
+        return flatten(self.to_dict())
+
+
+# -- loading -------------------------------------------------------------------------------------
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "params":
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check (and lightly coerce) ``value`` against annotation ``tp``; raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping of {tp.__name__} settings, got {value!r}")
+        return _build(tp, value, key + ".", where)
+    if origin is Union:
+        errors = []
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: '{key}' = {value!r} is not a valid {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: '{key}' = {value!r}; expected one of {list(args)}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", where) for k, v in value.items()} if args else dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{unknown[0]}' (known keys under "
+            f"'{prefix.rstrip('.') or 'top level'}': {', '.join(sorted(names))})"
+        )
+    kwargs = {name: _coerce(value, hints[name], prefix + name, where) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "<config>") -> RunConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    cfg = _build(RunConfig, data, "", where)
+    validate(cfg, where)
+    return cfg
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict (creating mappings on the way)."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{part}' is not a mapping")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is parsed as YAML (numbers, lists, true/false)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Load a YAML config, apply ``--set`` overrides, validate, and resolve relative paths.
+
+    Relative data paths are resolved against the current directory (the user's shell), never
+    against a Ray worker's changed directory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    items = overrides.items() if isinstance(overrides, dict) else (parse_override(o) for o in overrides or [])
+    for key, value in items:
+        set_dotted(data, key, value)
+    cfg = config_from_dict(data, str(path))
+    cfg.data = cfg.data.resolved(Path.cwd())
+    return cfg
+
+
+def validate(cfg: RunConfig, where: str) -> None:
+    h, w = (cfg.data.image_size + [0, 0])[:2]
+    if len(cfg.data.image_size) != 2 or h <= 0 or w <= 0:
+        raise ConfigError(f"{where}: 'data.image_size' must be [height, width] > 0, got {cfg.data.image_size}")
+    for stage in cfg.stages:
+        s = cfg.stage(stage)
+        if s.epochs < 1:
+            raise ConfigError(f"{where}: '{stage}.epochs' must be >= 1, got {s.epochs}")
+        if s.batch_size < 1:
+            raise ConfigError(f"{where}: '{stage}.batch_size' must be >= 1, got {s.batch_size}")
+        if s.lr <= 0:
+            raise ConfigError(f"{where}: '{stage}.lr' must be > 0, got {s.lr}")
+        if s.sampler == "pk" and s.batch_size % s.num_instances:
+            raise ConfigError(
+                f"{where}: '{stage}.batch_size' ({s.batch_size}) must be a multiple of "
+                f"'{stage}.num_instances' ({s.num_instances}) for the P x K sampler"
+            )
+    if cfg.recipe != "vehiclenet" and cfg.stage1.sampler != "pk":
+        raise ConfigError(f"{where}: recipe '{cfg.recipe}' needs 'stage1.sampler: pk' (batch-hard triplet)")
+    if cfg.scaling.num_workers < 1:
+        raise ConfigError(f"{where}: 'scaling.num_workers' must be >= 1")
+    if cfg.grid is not None:
+        for key in cfg.grid.params:
+            _check_dotted_key(key, where)
+
+
+def _check_dotted_key(dotted: str, where: str) -> None:
+    cls: Any = RunConfig
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"{where}: grid key 'grid.params.{dotted}' does not name a setting")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            raise ConfigError(f"{where}: grid key 'grid.params.{dotted}': unknown key '{part}'")
+        tp = hints[part]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        cls = args[0] if typing.get_origin(tp) is Union and args else tp
+
+
+def is_transformer(backbone: str) -> bool:
+    return backbone.lower().startswith(TRANSFORMER_PREFIXES)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,133 @@
+"""Training checkpoints: tensors and plain values only, never pickled objects.
+
+A checkpoint directory holds
+
+* ``model.safetensors`` - the exported re-id model (for SSBVER the EMA *teacher*, which is what the
+  paper evaluates; for VehicleNet the trained network),
+* ``model_config.json`` - the keyword arguments that rebuild it (backbone, head, classes, image size),
+* ``state.pt`` - what resuming needs: student/teacher weights, optimiser state, epoch, RNG states and
+  the DINO centre, loadable with ``torch.load(weights_only=True)``,
+* ``metrics.json`` - the epoch's reported metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from vreid.errors import VreidError
+
+MODEL_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "model_config.json"
+STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.json"
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+
+
+def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    export_model: torch.nn.Module,
+    model_config: dict[str, Any],
+    state: dict[str, Any],
+    metrics: dict[str, Any],
+) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(_contiguous(export_model.state_dict()), str(directory / MODEL_FILE))
+    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2, sort_keys=True))
+    torch.save(state, directory / STATE_FILE)
+    (directory / METRICS_FILE).write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
+    return directory
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        out[k] = v
+    return out
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise VreidError(f"checkpoint {directory}: missing {STATE_FILE}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / MODEL_CONFIG_FILE
+    if not path.is_file():
+        raise VreidError(f"checkpoint {directory}: missing {MODEL_CONFIG_FILE} (is this a vreid checkpoint?)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise VreidError(f"{path}: not valid JSON: {exc}") from None
+
+
+def build_model_from_config(model_config: dict[str, Any]) -> torch.nn.Module:
+    from vreid.models import ReidModel
+
+    kwargs = {k: v for k, v in model_config.items() if k not in ("image_size", "recipe", "stage")}
+    kwargs["pretrained"] = False  # weights come from the checkpoint
+    if kwargs.get("img_size") is not None:
+        kwargs["img_size"] = tuple(kwargs["img_size"])
+    return ReidModel(**kwargs)
+
+
+def load_model_for_inference(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the exported model of a checkpoint (strict load) in eval mode.
+
+    Returns ``(model, info)``; ``info`` is the model config plus ``image_size`` ([h, w]) and
+    ``checkpoint`` (the directory). A checkpoint whose weights do not match its config fails with the
+    names of the mismatching keys.
+    """
+    directory = Path(str(directory).removeprefix("file://"))
+    if not directory.is_dir():
+        raise VreidError(f"checkpoint not found: {directory}")
+    weights = directory / MODEL_FILE
+    if not weights.is_file():
+        raise VreidError(f"checkpoint {directory}: missing {MODEL_FILE}")
+    model_config = read_model_config(directory)
+    model = build_model_from_config(model_config)
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise VreidError(
+            f"checkpoint {directory}: weights do not match {MODEL_CONFIG_FILE}: "
+            f"missing keys {list(missing)[:5]}, unexpected keys {list(unexpected)[:5]}"
+        )
+    shapes_ok = all(model.state_dict()[k].shape == v.shape for k, v in state.items())
+    if not shapes_ok:
+        raise VreidError(f"checkpoint {directory}: tensor shapes do not match {MODEL_CONFIG_FILE}")
+    model.eval().to(device)
+    info = dict(model_config)
+    info["checkpoint"] = str(directory)
+    return model, info
