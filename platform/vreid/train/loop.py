@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vreid.config import RunConfig, config_from_dict
+from vreid.config import RunConfig, config_from_dict, resolve_stage
 from vreid.train.checkpoint import load_model_for_inference, load_state, rng_state, save_checkpoint, set_rng_state
 from vreid.train.schedules import lr_schedule, teacher_temp_schedule
 
@@ -194,7 +194,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg = config_from_dict(config["run"], "<trainer config>")
     stage_name: str = config["stage"]
-    stage = cfg.stage(stage_name)
+    stage = resolve_stage(cfg.stage(stage_name), cfg.model.backbone)
     debug_dir = config.get("debug_dir")
 
     ctx = ray.train.get_context()
