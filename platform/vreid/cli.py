@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "vreid.distributed.cli",
     "vreid.ensemble.cli",
     "vreid.report_cli",
+    "vreid.demo",
 ]
 
 
