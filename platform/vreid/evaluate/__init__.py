@@ -5,5 +5,6 @@ The array-level functions are importable from here without torch; feature extrac
 """
 
 from vreid.evaluate.metrics import evaluate_features, evaluate_rank
+from vreid.evaluate.rerank import re_ranking, re_ranking_features
 
-__all__ = ["evaluate_rank", "evaluate_features"]
+__all__ = ["evaluate_rank", "evaluate_features", "re_ranking", "re_ranking_features"]
