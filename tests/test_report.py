@@ -182,7 +182,10 @@ def test_grid_table_is_sorted_by_final_map(store):
     assert [l.split("|")[1].strip() for l in lines] == ["t0", "t1", "t2"]
     assert "45.67" in lines[0] and "65.43" in lines[0] and "yes" in lines[0]
     assert "15.02" in lines[2] and "yes" not in lines[2]
-    assert "stage1.lr" in next(l for l in md.splitlines() if l.startswith("| trial"))  # swept key
+    header = next(l for l in md.splitlines() if l.startswith("| trial"))
+    assert "stage1.lr" in header and "stage1.epochs" not in header  # swept keys only
+    assert "| 0.01 |" in lines[0]  # the param as logged
+    assert "ensemble" not in md  # the ensemble run is not a trial
 
 
 def test_efficiency_table_states_device_versions_and_batch(store):
@@ -190,7 +193,7 @@ def test_efficiency_table_states_device_versions_and_batch(store):
     import torch as _torch
 
     md = T.efficiency_table(EXP, store["uri"])
-    assert "| t1 | resnet50 | [48, 64] | 23.51 | 4.55 | 122 | 122 | 512 |" in md
+    assert "| t1 | resnet50 | [48, 64] | 23.51 | 4.55 | 122.00 | 122.00 | 512 |" in md
     assert "B = 8" in md
     assert f"torch {_torch.__version__}" in md and f"mlflow {mlflow.__version__}" in md
     assert "device `cpu`" in md

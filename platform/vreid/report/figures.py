@@ -248,7 +248,9 @@ def heatmap_figure(
     if not groups:
         raise VreidError("heatmap_figure: no images given")
     ncols = 2 * max(len(g) for g in groups)
-    fig, axes = plt.subplots(len(groups), ncols, figsize=(1.6 * ncols, 2.0 * len(groups) + 0.6), squeeze=False)
+    cell_h = 1.6 * float(image_size[0]) / float(image_size[1]) + 0.45  # room for the two-line titles
+    fig, axes = plt.subplots(len(groups), ncols, figsize=(1.6 * ncols + 1.0, cell_h * len(groups) + 0.5),
+                             squeeze=False, layout="constrained")
     was_training = getattr(model, "training", False)
     model.eval()
     try:
@@ -260,7 +262,7 @@ def heatmap_figure(
                 a0, a1 = axes[r, 2 * c], axes[r, 2 * c + 1]
                 a0.imshow(rgb)
                 a1.imshow(rgb)
-                im = a1.imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+                a1.imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 label = group_labels[r] if group_labels else f"group {r + 1}"
                 a0.set_title(f"{label}\n{Path(group[c]).name}", fontsize=7)
                 a1.set_title("activation", fontsize=7)
@@ -270,8 +272,12 @@ def heatmap_figure(
             ax.set_xticks([])
             ax.set_yticks([])
         fig.suptitle("Activation heat maps of the last feature map (channel mean, upsampled; red = strong)", fontsize=10)
-        fig.tight_layout()
-        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="normalised activation")
+        import matplotlib.cm as cm
+        import matplotlib.colors as mcolors
+
+        # an opaque colour bar: the overlay's alpha would wash it out
+        sm = cm.ScalarMappable(norm=mcolors.Normalize(0, 1), cmap="jet")
+        fig.colorbar(sm, ax=axes.ravel().tolist(), shrink=0.6, label="normalised activation")
     finally:
         model.train(was_training)
     return _save(fig, out)
@@ -308,6 +314,8 @@ def loss_curves_figure(histories: Mapping[str, Mapping[str, Sequence[tuple[float
                        ylabel: str = "training loss") -> Path:
     """VehicleNet Fig. 8: Stage-I (left) and Stage-II (right) training loss per epoch, one line per trial."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     stages = [s for s in ("stage1", "stage2") if any(s in h for h in histories.values())]
     if not stages:
         raise VreidError("loss_curves_figure: no stage1/stage2 loss history to plot")
@@ -324,6 +332,7 @@ def loss_curves_figure(histories: Mapping[str, Mapping[str, Sequence[tuple[float
         ax.set_title(titles[stage], fontsize=10)
         ax.set_xlabel("epoch" if stage == "stage1" else "epoch of Stage-II")
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, title="trial", fontsize=7, title_fontsize=8, loc="center left",
@@ -401,7 +410,7 @@ def distance_distribution_figure(pos: np.ndarray, neg: np.ndarray, out: str | os
     ax.set_xlabel("cosine distance 1 - cos(f_q, f_g)")
     ax.set_ylabel("density")
     ax.set_title(f"{title}\nhistogram overlap = {s['overlap']:.3f} (0 = separated, 1 = identical)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="best", framealpha=0.9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, out)
@@ -449,7 +458,8 @@ def saliency_figure(model, query_path: str | os.PathLike, gallery_path: str | os
     xq, rq = load_image(query_path, image_size)
     xg, rg = load_image(gallery_path, image_size)
     mq, mg, sim = saliency_maps(model, xq, xg)
-    fig, axes = plt.subplots(1, 4, figsize=(9.6, 3.3))
+    cell_h = 2.3 * float(image_size[0]) / float(image_size[1])
+    fig, axes = plt.subplots(1, 4, figsize=(10.4, cell_h + 0.9), layout="constrained")
     panels = [(rq, None, f"query\n{Path(query_path).name}"), (rq, _scale(mq), "query saliency $m_q$"),
               (rg, None, f"gallery (true match)\n{Path(gallery_path).name}"), (rg, _scale(mg), "gallery saliency $m_g$")]
     im = None
@@ -463,6 +473,5 @@ def saliency_figure(model, query_path: str | os.PathLike, gallery_path: str | os
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"Input-gradient saliency of cos(f(q), f(g)) = {sim:.3f}" + (f"  [{label}]" if label else ""), fontsize=10)
-    fig.tight_layout()
     fig.colorbar(im, ax=list(axes), shrink=0.7, label="|gradient| (scaled)")
     return _save(fig, out)

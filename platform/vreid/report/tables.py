@@ -132,23 +132,38 @@ def _trial_name(row) -> str:
 
 # -- the tables -----------------------------------------------------------------------------------
 def grid_table(experiment: str, tracking_uri: str) -> str:
-    """Per-trial validation results, best first (:func:`vreid.tracking.compare_table`)."""
+    """Per-trial validation results, best first (:func:`vreid.tracking.compare_table`).
+
+    Only trial runs are listed (not the ensemble / report runs); config columns are the keys that
+    differ between trials, plus the backbone and recipe.
+    """
     from vreid.tracking import compare_table
 
     table = compare_table(experiment, tracking_uri)
-    config_cols = [c for c in table.columns if c not in
-                   ("trial", "val_mAP", "val_rank1", "val_rank5", "val_mINP", "params_m", "ms_per_image_b1",
-                    "images_per_s", "peak_mem_mb", "feat_dim", "selected", "status", "run_id")]
+    trial_ids = set(trial_runs(experiment_runs(experiment, tracking_uri))["run_id"])
+    table = table[table["run_id"].isin(trial_ids)].reset_index(drop=True)
+    if table.empty:
+        raise VreidError(f"MLflow experiment '{experiment}' has no trial runs yet")
+    fixed = {"trial", "val_mAP", "val_rank1", "val_rank5", "val_mINP", "params_m", "ms_per_image_b1",
+             "images_per_s", "peak_mem_mb", "feat_dim", "selected", "status", "run_id"}
+    config_cols = [c for c in table.columns if c not in fixed
+                   and (c in ("model.backbone", "recipe") or table[c].astype(str).nunique() > 1)]
     header = ["trial"] + config_cols + ["mAP (%)", "Rank@1 (%)", "Rank@5 (%)", "mINP (%)", "selected", "status"]
     rows = []
     for _, r in table.iterrows():
-        rows.append([r["trial"]] + [fmt(r[c], 6) if _num(r[c]) is not None else (r[c] if isinstance(r[c], str) else "")
-                                    for c in config_cols]
+        rows.append([r["trial"]] + [_param(r[c]) for c in config_cols]
                     + [pct(r["val_mAP"]), pct(r["val_rank1"]), pct(r["val_rank5"]), pct(r["val_mINP"]),
                        "yes" if r["selected"] else "", r["status"]])
     note = (f"Experiment `{experiment}`: {len(table)} trials, sorted by the final validation mAP "
             f"(the end of the last stage). Config columns are the swept keys.")
     return _section("grid", markdown_table(header, rows), note)
+
+
+def _param(value: Any) -> str:
+    # params are stored as strings: print them as logged (``0.01``, not a reformatted float)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
 
 
 def stage_results(client, run_id: str, stage1_epochs: int) -> dict[str, dict[str, Optional[float]]]:
@@ -300,6 +315,13 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _eff(key: str, value: Any) -> str:
+    v = _num(value)
+    if v is None:
+        return ""
+    return str(int(round(v))) if key == "feat_dim" else f"{v:.2f}"
+
+
 def efficiency_table(experiment: str, tracking_uri: str) -> str:
     """SSBVER Table 1 for every trial that logged ``eff_*`` metrics (one row per trial)."""
     runs = trial_runs(experiment_runs(experiment, tracking_uri))
@@ -317,7 +339,7 @@ def efficiency_table(experiment: str, tracking_uri: str) -> str:
     for _, r in measured.iterrows():
         size = r.get("params.data.image_size") or ""
         rows.append([_trial_name(r), r.get("params.model.backbone") or "", size]
-                    + [fmt(r.get(f"metrics.eff_{c}"), 2) for c in have])
+                    + [_eff(c, r.get(f"metrics.eff_{c}")) for c in have])
         b = _num(r.get("metrics.eff_batch_size"))
         if b is not None:
             batch_sizes.add(int(b))
