@@ -155,7 +155,10 @@ def _as_list(x) -> list[np.ndarray]:
 def _column(df, name: str, n: int, default=None) -> np.ndarray | None:
     if df is None or name not in df.columns:
         return None if default is None else np.full(n, default)
-    return df[name].to_numpy()
+    col = df[name]
+    if name in ("timestamp", "track"):  # nullable columns (pandas Int64 / float with NA): NA -> NaN
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return col.to_numpy()
 
 
 def run_chain(

@@ -1,0 +1,175 @@
+"""``vreid evaluate`` (a dataset protocol, optionally the Table VI chain) and ``vreid submission check``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vreid.errors import EvaluationInputError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="evaluate a checkpoint or saved features with a dataset protocol",
+        description="Run VeRi-776 / CityFlow-validation / VehicleID / VeRi-Wild evaluation and print the table. "
+                    "With --chain, run the post-processing chain (VehicleNet Table VI) and print mAP per step.")
+    p.add_argument("--protocol", required=True, choices=["veri776", "cityflow", "vehicleid", "veriwild"])
+    p.add_argument("--query", required=True, help="query manifest (.parquet)")
+    p.add_argument("--gallery", required=True, help="gallery manifest (.parquet)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features-dir", action="append",
+                     help="folder with query.parquet/.npy and gallery.parquet/.npy (repeat for an ensemble; "
+                          "optional query_crop/gallery_crop for the crop step)")
+    src.add_argument("--checkpoint", action="append", help="training checkpoint directory (repeatable)")
+    p.add_argument("--split", default="", help="setting name shown in the table (small/medium/large, ...)")
+    p.add_argument("--same-camera", choices=["keep", "remove"], default=None,
+                   help="VeRi-Wild junk rule (default keep: the dataset authors' protocol)")
+    p.add_argument("--chain", help="post-processing chain YAML (e.g. search_spaces/postprocess_aicity.yaml)")
+    p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine")
+    p.add_argument("--ap-mode", choices=["standard", "top100", "trapezoid"], default="standard")
+    p.add_argument("--draws", type=int, default=10, help="VehicleID: number of seeded gallery draws")
+    p.add_argument("--seed", type=int, default=0, help="VehicleID: seed of the draws")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--save-features", help="with --checkpoint: save the extracted features into this folder")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    s = subparsers.add_parser("submission", help="AI City track2 submission tools")
+    ssub = s.add_subparsers(dest="submission_command", metavar="ACTION")
+    ssub.required = True
+    c = ssub.add_parser("check", help="validate a track2.txt file")
+    c.add_argument("file")
+    c.add_argument("--queries", type=int, required=True, help="number of queries (1052 for AI City)")
+    c.add_argument("--gallery", type=int, required=True, help="number of gallery images (18290 for AI City)")
+    c.set_defaults(func=_check_submission)
+
+
+def _read_manifest(path: str):
+    import pandas as pd
+
+    try:
+        from vreid.data.schema import read_manifest
+    except ImportError:  # the data layer is optional for saved-features evaluation
+        read_manifest = None
+    if read_manifest is not None:
+        return read_manifest(path)
+    if not Path(path).is_file():
+        raise EvaluationInputError(f"{path}: manifest not found")
+    return pd.read_parquet(path)
+
+
+def _align(feats, index, df, what: str, source: Path):
+    """Rows of saved features in the manifest's order, matched by image_name (or path)."""
+    import numpy as np
+
+    key = "image_name" if "image_name" in index.columns and "image_name" in df.columns else "path"
+    if key not in index.columns or key not in df.columns:
+        raise EvaluationInputError(f"{source}: cannot match features to the {what} manifest (no image_name/path)")
+    pos = {name: i for i, name in enumerate(index[key].astype(str))}
+    missing = [n for n in df[key].astype(str) if n not in pos]
+    if missing:
+        raise EvaluationInputError(f"{source}: no features for {len(missing)} {what} images, e.g. {missing[0]}")
+    return feats[np.array([pos[n] for n in df[key].astype(str)], dtype=np.int64)]
+
+
+def _features_from_dir(folder: str, q_df, g_df):
+    from vreid.evaluate.features import load_features
+
+    d = Path(folder)
+    qf, qi = load_features(d / "query.parquet")
+    gf, gi = load_features(d / "gallery.parquet")
+    out = [_align(qf, qi, q_df, "query", d / "query.parquet"), _align(gf, gi, g_df, "gallery", d / "gallery.parquet")]
+    crops = [None, None]
+    if (d / "query_crop.parquet").is_file() and (d / "gallery_crop.parquet").is_file():
+        a, ai = load_features(d / "query_crop.parquet")
+        b, bi = load_features(d / "gallery_crop.parquet")
+        crops = [_align(a, ai, q_df, "query", d), _align(b, bi, g_df, "gallery", d)]
+    return out, crops
+
+
+def _features_from_checkpoint(ckpt: str, q_df, g_df, args, want_crops: bool):
+    from vreid.evaluate.features import extract_features, save_features
+    from vreid.train.checkpoint import load_model_for_inference
+
+    model, info = load_model_for_inference(ckpt)
+    size = tuple(info.get("image_size", (256, 256)))
+    kw = dict(image_size=size, batch_size=args.batch_size, progress=not args.no_progress)
+    qf = extract_features(model, q_df, use_bbox=False, **kw)
+    gf = extract_features(model, g_df, use_bbox=False, **kw)
+    crops = [None, None]
+    if want_crops:
+        crops = [extract_features(model, q_df, use_bbox=True, **kw), extract_features(model, g_df, use_bbox=True, **kw)]
+    if args.save_features:
+        out = Path(args.save_features) / Path(ckpt).name
+        save_features(out / "query.parquet", qf, q_df)
+        save_features(out / "gallery.parquet", gf, g_df)
+        if want_crops:
+            save_features(out / "query_crop.parquet", crops[0], q_df)
+            save_features(out / "gallery_crop.parquet", crops[1], g_df)
+        print(f"features saved under {out}")
+    return [qf, gf], crops
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from vreid.evaluate import protocols
+    from vreid.evaluate.chain import PostProcessConfig, format_table, run_chain
+
+    q_df, g_df = _read_manifest(args.query), _read_manifest(args.gallery)
+    config = PostProcessConfig.from_yaml(args.chain) if args.chain else None
+    want_crops = bool(config and config.crop_average)
+    models, crop_sets = [], []
+    for src in args.features_dir or []:
+        f, c = _features_from_dir(src, q_df, g_df)
+        models.append(f)
+        crop_sets.append(c)
+    for ckpt in args.checkpoint or []:
+        f, c = _features_from_checkpoint(ckpt, q_df, g_df, args, want_crops)
+        models.append(f)
+        crop_sets.append(c)
+    qf, gf = models[0]
+
+    kw = dict(metric=args.metric, ap_mode=args.ap_mode)
+    if args.protocol == "vehicleid":
+        import pandas as pd
+
+        feats = np.concatenate([qf, gf])
+        df = pd.concat([q_df, g_df], ignore_index=True)
+        rows = protocols.vehicleid(feats, df, setting=args.split, n_draws=args.draws, seed=args.seed, **kw)
+    elif args.protocol == "veriwild":
+        rows = protocols.veriwild(qf, gf, q_df, g_df, same_camera=args.same_camera or "keep", split=args.split, **kw)
+    else:
+        if args.same_camera == "keep":
+            raise EvaluationInputError(f"--same-camera keep is not the {args.protocol} protocol "
+                                       "(same id + same camera is junk there)")
+        runner = protocols.veri776 if args.protocol == "veri776" else protocols.cityflow
+        rows = runner(qf, gf, q_df, g_df, **kw)
+        if args.split:
+            rows[0]["setting"] = args.split
+    print(protocols.format_rows(rows))
+
+    if config is not None:
+        if args.protocol == "veriwild" and args.same_camera:
+            config.remove_same_camera = args.same_camera == "remove"
+        elif args.protocol == "vehicleid":
+            raise EvaluationInputError("--chain needs a query/gallery protocol, not vehicleid's random draws")
+        q_crop = [c[0] for c in crop_sets] if want_crops else None
+        g_crop = [c[1] for c in crop_sets] if want_crops else None
+        if want_crops and any(c is None for c in q_crop):
+            raise EvaluationInputError("the chain's crop_average step needs crop features: query_crop/gallery_crop "
+                                       "in each --features-dir, or use --checkpoint")
+        _, table = run_chain([m[0] for m in models], [m[1] for m in models], q_df, g_df, config,
+                             q_crop=q_crop, g_crop=g_crop)
+        print()
+        print(f"post-processing chain {args.chain}:")
+        print(format_table(table))
+    return 0
+
+
+def _check_submission(args: argparse.Namespace) -> int:
+    from vreid.ensemble.submission import validate_track2
+
+    validate_track2(args.file, args.queries, args.gallery)
+    print(f"{args.file}: OK ({args.queries} queries x {min(100, args.gallery)} gallery numbers)")
+    return 0

@@ -1,0 +1,94 @@
+"""`vreid evaluate` on saved features and `vreid submission check`, through the real CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vreid.cli import main
+from vreid.evaluate import evaluate_rank
+from vreid.evaluate.features import save_features
+from vreid.evaluate.protocols import vehicleid_draw
+
+
+def _manifest(names, ids, cams, split):
+    from vreid.data.schema import empty_manifest, normalize_manifest
+    n = len(names)
+    df = empty_manifest().reindex(range(n))
+    df = df.assign(path=[f"/x/{s}" for s in names], image_name=names, dataset="veri776", split=split,
+                   vehicle_id=ids, camera=cams, label=-1, source_id=[f"veri776:{i}" for i in ids],
+                   timestamp=np.arange(n, dtype=float), track=pd.array([None] * n, dtype="Int64"))
+    df["bbox"] = [None] * n
+    return normalize_manifest(df)
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    from vreid.data.schema import write_manifest
+    rng = np.random.default_rng(0)
+    n_q, n_g, dim = 12, 50, 8
+    q_ids, g_ids = rng.integers(0, 6, n_q), np.concatenate([np.arange(6), rng.integers(0, 6, n_g - 6)])
+    q_cams, g_cams = rng.integers(1, 4, n_q), rng.integers(1, 4, n_g)
+    centres = rng.normal(size=(6, dim))
+    qf = (centres[q_ids] + rng.normal(size=(n_q, dim))).astype(np.float32)
+    gf = (centres[g_ids] + rng.normal(size=(n_g, dim))).astype(np.float32)
+    q_df = _manifest([f"q{i:03d}.jpg" for i in range(n_q)], q_ids, q_cams, "query")
+    g_df = _manifest([f"g{i:03d}.jpg" for i in range(n_g)], g_ids, g_cams, "gallery")
+    write_manifest(q_df, tmp_path / "q.parquet")
+    write_manifest(g_df, tmp_path / "g.parquet")
+    # saved in a different row order than the manifests: the CLI must align by image name
+    perm = rng.permutation(n_g)
+    save_features(tmp_path / "f" / "query.parquet", qf, q_df)
+    save_features(tmp_path / "f" / "gallery.parquet", gf[perm], g_df.iloc[perm])
+    return tmp_path, qf, gf, q_df, g_df
+
+
+def test_evaluate_saved_features_veri776(saved, capsys):
+    tmp, qf, gf, q_df, g_df = saved
+    rc = main(["evaluate", "--protocol", "veri776", "--query", str(tmp / "q.parquet"), "--gallery",
+               str(tmp / "g.parquet"), "--features-dir", str(tmp / "f")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    qn = qf / np.linalg.norm(qf, axis=1, keepdims=True)
+    gn = gf / np.linalg.norm(gf, axis=1, keepdims=True)
+    ref = evaluate_rank(1 - qn @ gn.T, q_df.vehicle_id, g_df.vehicle_id, q_df.camera, g_df.camera)
+    assert f"{100 * ref['mAP']:.2f}" in out
+
+
+def test_evaluate_with_chain_prints_each_step(saved, capsys, tmp_path):
+    tmp = saved[0]
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("query_expansion: {eps: 0.6}\ncamera_verification: {mode: drop}\n"
+                     "re_ranking: {k1: 6, k2: 3, lambda: 0.3}\n")
+    rc = main(["evaluate", "--protocol", "cityflow", "--query", str(tmp / "q.parquet"), "--gallery",
+               str(tmp / "g.parquet"), "--features-dir", str(tmp / "f"), "--chain", str(chain)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for step in ("base", "query_expansion", "camera_verification", "re_ranking"):
+        assert step in out
+
+
+def test_vehicleid_draws_are_seeded(saved, capsys):
+    tmp, qf, gf, q_df, g_df = saved
+    df = pd.concat([q_df, g_df], ignore_index=True)
+    q1, g1 = vehicleid_draw(df, 0, 3)
+    q2, g2 = vehicleid_draw(df.iloc[::-1].reset_index(drop=True), 0, 3)
+    assert len(g1) == df.vehicle_id.nunique() and len(q1) + len(g1) == len(df)
+    names = df.image_name.to_numpy()
+    assert set(names[g1]) == set(df.iloc[::-1].reset_index(drop=True).image_name.to_numpy()[g2])
+    rc = main(["evaluate", "--protocol", "vehicleid", "--query", str(tmp / "q.parquet"), "--gallery",
+               str(tmp / "g.parquet"), "--features-dir", str(tmp / "f"), "--draws", "3", "--split", "small"])
+    assert rc == 0 and "±" in capsys.readouterr().out
+
+
+def test_errors_exit_2(saved, capsys, tmp_path):
+    tmp = saved[0]
+    rc = main(["evaluate", "--protocol", "veri776", "--query", str(tmp / "q.parquet"), "--gallery",
+               str(tmp / "g.parquet"), "--features-dir", str(tmp_path / "nowhere")])
+    assert rc == 2 and "query.parquet" in capsys.readouterr().err
+    bad = tmp_path / "track2.txt"
+    bad.write_text("1 2 3\n")
+    assert main(["submission", "check", str(bad), "--queries", "1", "--gallery", "3"]) == 0
+    assert main(["submission", "check", str(bad), "--queries", "2", "--gallery", "3"]) == 2
+    assert "expected 2 lines" in capsys.readouterr().err
