@@ -19,8 +19,8 @@ from vreid.report import figures as F
 from vreid.report import tables as T
 
 EXP = "demo-grid"
-IDS = ["401", "402", "403", "404"]
-CAMS = ["c001", "c002", "c003"]
+IDS = [401, 402, 403, 404]  # int64 ids and camera numbers, as in the vreid manifest schema
+CAMS = [1, 2, 3]
 IMG = (48, 64)  # [h, w]
 # Trial -> (lr, val_mAP per global epoch 1..5, val_rank1 per epoch); Stage-I = epochs 1..3
 TRIALS = {
@@ -70,7 +70,7 @@ def _features(q: pd.DataFrame, g: pd.DataFrame, seed: int = 0) -> tuple[np.ndarr
     cid = {vid: i for i, vid in enumerate(IDS)}
     qf = np.stack([centres[cid[v]] for v in q["vehicle_id"]]) + 0.2 * rng.standard_normal((len(q), 8))
     gf = np.stack([centres[cid[v]] for v in g["vehicle_id"]]) + 0.2 * rng.standard_normal((len(g), 8))
-    gf[g["vehicle_id"].to_numpy() == "404"] += 1.2 * centres[0]
+    gf[g["vehicle_id"].to_numpy() == 404] += 1.2 * centres[0]
     qf /= np.linalg.norm(qf, axis=1, keepdims=True)
     gf /= np.linalg.norm(gf, axis=1, keepdims=True)
     return qf.astype(np.float32), gf.astype(np.float32)
@@ -136,7 +136,8 @@ def store(tmp_path_factory):
     gm.to_parquet(ens / "val" / "gallery.parquet")
     tables = {
         "single_vs_ensemble": [
-            {"name": "best single (t0)", "mAP": 0.4567, "mAP_top100": 0.4501, "rank1": 0.6543, "rank5": 0.8, "mINP": 0.2},
+            {"name": "single: t1", "mAP": 0.3912, "mAP_top100": 0.3900, "rank1": 0.5876, "rank5": 0.7, "mINP": 0.18},
+            {"name": "single: t0", "mAP": 0.4567, "mAP_top100": 0.4501, "rank1": 0.6543, "rank5": 0.8, "mINP": 0.2},
             {"name": "ensemble of 2", "mAP": 0.5123, "mAP_top100": 0.5099, "rank1": 0.7012, "rank5": 0.85, "mINP": 0.25},
         ],
         "postprocess": [
@@ -204,6 +205,7 @@ def test_ensemble_tables_and_bad_tables_json(store, tmp_path):
     md = T.ensemble_table(tables)
     assert "| ensemble of 2 | 51.23 | 50.99 | 70.12 | 85.00 | 25.00 |" in md
     assert "fuses 2 models (t0, t1)" in md
+    assert "| **single: t0** (best single) | 45.67 |" in md and "| single: t1 | 39.12 |" in md
     pp = T.postprocess_table(tables)
     assert "| + re-ranking | 60.21 |" in pp
     (tmp_path / "tables.json").write_text('{"postprocess": {"step": 1}}')
@@ -219,9 +221,9 @@ def test_ensemble_tables_and_bad_tables_json(store, tmp_path):
 # -- figure math ----------------------------------------------------------------------------------
 def test_ranked_gallery_drops_junk_and_marks_matches():
     sim = np.array([0.9, 0.8, 0.8, 0.1, 0.95])
-    g_ids = np.array(["a", "b", "a", "a", "a"])
-    g_cams = np.array(["c1", "c2", "c2", "c3", "c1"])
-    order, is_true = F.ranked_gallery(sim, "a", "c1", g_ids, g_cams)
+    g_ids = np.array([7, 8, 7, 7, 7])
+    g_cams = np.array([1, 2, 2, 3, 1])
+    order, is_true = F.ranked_gallery(sim, 7, 1, g_ids, g_cams)
     # 4 and 0 are same id same camera (junk); ties (1, 2) keep gallery order
     assert order.tolist() == [1, 2, 3]
     assert is_true.tolist() == [False, True, True]

@@ -158,7 +158,7 @@ def retrieval_figure(
         order, is_true = ranked_gallery(sim, q_ids[i], q_cams[i], g_ids, g_cams)
         ax = axes[row, 0]
         _show(ax, resolve_image(query_manifest["path"].iloc[i], image_root), "black", 2)
-        ax.set_title(f"query\nid {q_ids[i]}  {q_cams[i]}", fontsize=8, fontweight="bold")
+        ax.set_title(f"query\nid {q_ids[i]}  {_cam(q_cams[i])}", fontsize=8, fontweight="bold")
         for k in range(top_k):
             ax = axes[row, 1 + k]
             if k >= len(order):
@@ -167,11 +167,16 @@ def retrieval_figure(
             j = order[k]
             color = TRUE_COLOR if is_true[k] else FALSE_COLOR
             _show(ax, resolve_image(gallery_manifest["path"].iloc[j], image_root), color, 5)
-            ax.set_title(f"#{k + 1} id {g_ids[j]}  {g_cams[j]}\ncos {sim[j]:.3f}", fontsize=8, color=color)
+            ax.set_title(f"#{k + 1} id {g_ids[j]}  {_cam(g_cams[j])}\ncos {sim[j]:.3f}", fontsize=8, color=color)
     fig.suptitle(f"Ranked retrieval (top {top_k}): green = true match, red = false match\n"
                  "(same-id same-camera gallery images are junk and excluded)", fontsize=10)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def _cam(cam: str) -> str:
+    # manifests store camera numbers (c012 -> 12)
+    return f"cam {cam}" if str(cam).lstrip("-").isdigit() else str(cam)
 
 
 def _show(ax, path: Path, color: str, width: float) -> None:

@@ -254,7 +254,11 @@ def ensemble_table(tables: Optional[dict[str, Any]]) -> str:
         if "name" not in row:
             raise VreidError(f"{TABLES_FILE}: single_vs_ensemble row {i} has no 'name'")
     header = ["model"] + [h for _, h in ENSEMBLE_METRICS]
-    rows = [[r["name"]] + [pct(r.get(k)) for k, _ in ENSEMBLE_METRICS] for r in rows_in]
+    singles = [i for i, r in enumerate(rows_in) if not str(r["name"]).lower().startswith("ensemble")
+               and _num(r.get("mAP")) is not None]
+    best = max(singles, key=lambda i: _num(rows_in[i]["mAP"])) if len(singles) > 1 else None
+    rows = [[f"**{r['name']}** (best single)" if i == best else r["name"]] + [pct(r.get(k)) for k, _ in ENSEMBLE_METRICS]
+            for i, r in enumerate(rows_in)]
     models = tables.get("models") or []
     note = f"Validation split; the ensemble fuses {len(models)} models" + (
         " (" + ", ".join(str(m.get("trial_id", "?")) for m in models) + ")." if models else ".")
