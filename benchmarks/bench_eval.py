@@ -20,7 +20,11 @@ import sys
 import threading
 import time
 
+import functools
+
 import numpy as np
+
+print = functools.partial(print, flush=True)  # noqa: A001 - progress visible when piped to a file
 
 
 def rss_bytes() -> int:
