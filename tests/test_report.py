@@ -352,3 +352,36 @@ def test_cli_report_and_errors(store, tmp_path, capsys):
     assert "no MLflow experiment named 'no-such-grid'" in capsys.readouterr().err
     assert main(["report", EXP, "--tracking-uri", store["uri"], "--ensemble-dir", str(tmp_path / "none"),
                  "--out", str(tmp_path), "--no-log"]) == 2
+
+
+def test_report_without_ensemble_uses_trial_manifests_and_logs_to_grid_run(store, tmp_path):
+    """No ensemble run yet: the tables say so, retrieval / distances are not produced (with the
+    reason), heat maps and saliency come from the trial's own validation manifests, and the report is
+    logged to the grid's parent run."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from vreid.report import build_report
+
+    client = MlflowClient(store["uri"])
+    exp_id = client.create_experiment("solo", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp_id, tags={"vreid.role": "grid"}).info.run_id
+    q, g = tmp_path / "q.parquet", tmp_path / "g.parquet"
+    store["q"].to_parquet(q)
+    store["g"].to_parquet(g)
+    rid = client.create_run(exp_id, run_name="s0", tags={"vreid.trial_id": "s0", "mlflow.parentRunId": parent,
+                                                         "checkpoint": str(store["ckpt"])}).info.run_id
+    client.log_batch(rid, params=[Param("recipe", "vehiclenet"), Param("stage1.epochs", "1"), Param("stage2.epochs", "1"),
+                                  Param("data.val_query", str(q)), Param("data.val_gallery", str(g))],
+                     metrics=[Metric("val_mAP", 0.2, 0, 1), Metric("val_mAP", 0.3333, 0, 2),
+                              Metric("stage1/loss", 2.0, 0, 1), Metric("stage2/loss", 1.0, 0, 2)])
+    path = build_report("solo", root=tmp_path, tracking_uri=store["uri"], out=tmp_path / "out")
+    md = path.read_text()
+    assert "33.33" in md and "20.00" in md
+    assert md.count("_No ensemble run found") == 2
+    assert md.count("_Not produced: no ensemble output found._") == 2
+    for name in ("heatmaps.png", "saliency.png", "loss_curves.png"):
+        _png_ok(tmp_path / "out" / "figures" / name)
+    assert "pair: true match of query id" in md
+    logged = {a.path for a in client.list_artifacts(parent, "report/figures")}
+    assert logged == {"report/figures/heatmaps.png", "report/figures/saliency.png", "report/figures/loss_curves.png"}

@@ -154,7 +154,10 @@ def build_report(
         if len(tag) and isinstance(tag.iloc[0], str) and tag.iloc[0]:
             ensemble_dir = tag.iloc[0]
     ens_tables = T.load_ensemble_tables(ensemble_dir) if ensemble_dir is not None else None
-    val = _load_val(Path(ensemble_dir)) if ensemble_dir is not None else None
+    # the ensemble job writes val/ only when it had a validation split (not for a test-only run)
+    has_val = ensemble_dir is not None and (Path(ensemble_dir) / "val").is_dir()
+    val = _load_val(Path(ensemble_dir)) if has_val else None
+    no_val = "the ensemble output has no val/ features" if ensemble_dir is not None else "no ensemble output found"
 
     sections = [T.grid_table(name, uri), T.stage_table(name, uri), T.ensemble_table(ens_tables),
                 T.postprocess_table(ens_tables), T.efficiency_table(name, uri)]
@@ -185,7 +188,7 @@ def build_report(
                      f"negative pairs: mean {s['neg_mean']:.3f} (sd {s['neg_std']:.3f}, n={s['n_neg']}); "
                      f"histogram overlap {s['overlap']:.3f}. Same-id same-camera pairs are junk and excluded."))
     else:
-        figs += [(title_r, None, "no ensemble output (val features) found"), (title_d, None, "no ensemble output found")]
+        figs += [(title_r, None, no_val), (title_d, None, no_val)]
 
     title_h = "Activation heat maps (VehicleNet Fig. 7)"
     title_s = "Query-gallery saliency (SSBVER Fig. 6)"
