@@ -106,9 +106,10 @@ def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
         elif name == "timestamp":
             out[name] = pd.to_numeric(col, errors="raise").astype("float64")
         elif name == "bbox":
-            out[name] = [None if _is_null(b) else [int(v) for v in b] for b in col]
+            out[name] = pd.Series([None if _is_null(b) else [int(v) for v in b] for b in col], dtype=object)
         elif name == "model":
-            out[name] = [None if _is_null(m) else str(m) for m in col]
+            # an explicit object Series: pandas >= 3 would infer its "str" dtype and turn None into NaN
+            out[name] = pd.Series([None if _is_null(m) else str(m) for m in col], dtype=object)
     out.attrs.update(df.attrs)
     return out
 
@@ -136,10 +137,17 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> None:
             raise DataFormatError(f"{where}: column {name!r} row {row}: expected a string, got {df[name].iloc[row]!r}")
     for name in _INT_COLUMNS + _NULLABLE_INT_COLUMNS:
         col = df[name]
-        if not (pd.api.types.is_integer_dtype(col.dtype) or (len(col) == 0) or col.isna().all()):
-            raise DataFormatError(f"{where}: column {name!r} must be integer, got dtype {col.dtype}")
         if name in _INT_COLUMNS and col.isna().any():
             raise DataFormatError(f"{where}: column {name!r} must not be null")
+        if not pd.api.types.is_integer_dtype(col.dtype):
+            # pandas turns an int column with None into float64: accept integral values only
+            for row, value in enumerate(col):
+                if _is_null(value):
+                    continue
+                if isinstance(value, (bool, np.bool_)) or not (
+                        isinstance(value, (int, np.integer)) or (isinstance(value, (float, np.floating))
+                                                                 and float(value).is_integer())):
+                    raise DataFormatError(f"{where}: column {name!r} row {row}: expected an integer, got {value!r}")
     if not (pd.api.types.is_float_dtype(df["timestamp"].dtype) or pd.api.types.is_integer_dtype(df["timestamp"].dtype)
             or len(df) == 0 or df["timestamp"].isna().all()):
         raise DataFormatError(f"{where}: column 'timestamp' must be numeric, got dtype {df['timestamp'].dtype}")
