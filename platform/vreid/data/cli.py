@@ -136,41 +136,8 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_images(paths: list[str], boxes: list | None = None, workers: int | None = None) -> list[tuple[str, str]]:
-    """Decode every image in parallel processes; returns ``[(path, problem), ...]`` for the bad ones.
-
-    A box (``[x1, y1, x2, y2]``, end-exclusive) that does not fit its image is also a problem.
-    """
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    boxes = boxes if boxes is not None else [None] * len(paths)
-    jobs = list(zip(paths, boxes))
-    workers = max(1, workers or os.cpu_count() or 1)
-    chunk = max(1, len(jobs) // (workers * 8))
-    if workers == 1 or len(jobs) < 64:
-        results = map(_check_one, jobs)
-        return [r for r in results if r is not None]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return [r for r in pool.map(_check_one, jobs, chunksize=chunk) if r is not None]
-
-
-def _check_one(job) -> tuple[str, str] | None:
-    from PIL import Image
-
-    path, box = job
-    try:
-        with Image.open(path) as im:
-            im.load()  # a full decode: truncated files fail here, not at open
-            size = im.size
-    except Exception as exc:  # noqa: BLE001 - every decode failure is a finding to report
-        return path, f"{type(exc).__name__}: {exc}"
-    if box is not None and len(box) == 4 and (box[2] > size[0] or box[3] > size[1]):
-        return path, f"bbox {list(box)} exceeds image size {size[0]}x{size[1]}"
-    return None
-
-
 def _check(args: argparse.Namespace) -> int:
+    from vreid.data.check import check_images
     from vreid.data.schema import read_manifest
 
     df = read_manifest(args.manifest)
