@@ -106,10 +106,13 @@ def normalize_manifest(df: pd.DataFrame) -> pd.DataFrame:
         elif name == "timestamp":
             out[name] = pd.to_numeric(col, errors="raise").astype("float64")
         elif name == "bbox":
-            out[name] = pd.Series([None if _is_null(b) else [int(v) for v in b] for b in col], dtype=object)
+            null = col.isna().to_numpy()
+            out[name] = pd.Series([None if n else (b if type(b) is list else [int(v) for v in b])
+                                   for b, n in zip(col, null)], dtype=object)
         elif name == "model":
             # an explicit object Series: pandas >= 3 would infer its "str" dtype and turn None into NaN
-            out[name] = pd.Series([None if _is_null(m) else str(m) for m in col], dtype=object)
+            null = col.isna().to_numpy()
+            out[name] = pd.Series([None if n else str(m) for m, n in zip(col, null)], dtype=object)
     out.attrs.update(df.attrs)
     return out
 
@@ -131,9 +134,9 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> None:
     if extra:
         raise DataFormatError(f"{where}: unknown manifest column(s) {extra}; expected only {list(COLUMNS)}")
     for name in _STRING_COLUMNS:
-        bad = df[name].map(lambda v: not isinstance(v, str))
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
+        if len(df) and pd.api.types.infer_dtype(df[name], skipna=False) != "string":
+            bad = df[name].map(lambda v: not isinstance(v, str)).to_numpy()
+            row = int(np.flatnonzero(bad)[0])
             raise DataFormatError(f"{where}: column {name!r} row {row}: expected a string, got {df[name].iloc[row]!r}")
     for name in _INT_COLUMNS + _NULLABLE_INT_COLUMNS:
         col = df[name]
@@ -157,12 +160,17 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> None:
     bad_split = sorted(set(df["split"]) - set(SPLITS))
     if bad_split:
         raise DataFormatError(f"{where}: column 'split' has {bad_split}; expected one of {list(SPLITS)}")
-    for row, box in enumerate(df["bbox"]):
-        if _is_null(box):
-            continue
-        if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3] and box[0] >= 0 and box[1] >= 0):
-            raise DataFormatError(f"{where}: column 'bbox' row {row}: expected [x1, y1, x2, y2] with "
-                                  f"0 <= x1 < x2 and 0 <= y1 < y2, got {list(box)}")
+    bcol = df["bbox"].to_numpy(dtype=object)
+    rows = np.flatnonzero(df["bbox"].notna().to_numpy())
+    boxes = [bcol[r] for r in rows]
+    ok = np.array([len(b) == 4 for b in boxes], dtype=bool)
+    if ok.all() and len(boxes):
+        a = np.asarray(boxes, dtype=np.float64)
+        ok = (a[:, 0] >= 0) & (a[:, 1] >= 0) & (a[:, 0] < a[:, 2]) & (a[:, 1] < a[:, 3])
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise DataFormatError(f"{where}: column 'bbox' row {int(rows[k])}: expected [x1, y1, x2, y2] with "
+                              f"0 <= x1 < x2 and 0 <= y1 < y2, got {list(boxes[k])}")
 
 
 def to_arrow(df: pd.DataFrame, where: str = "manifest") -> pa.Table:
@@ -211,17 +219,22 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise DataFormatError(f"{path}: manifest is missing column(s) {missing}; expected {list(COLUMNS)}")
+    metadata = _metadata_of(table.schema, path)
+    try:  # also accepts compatible types written by other tools (e.g. int32 ids)
+        table = table.select(list(COLUMNS)).cast(MANIFEST_SCHEMA)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataFormatError(f"{path}: manifest columns do not match the schema ({exc})") from exc
     data = {}
     for name in COLUMNS:
         col = table.column(name)
-        if name == "bbox":
-            data[name] = col.to_pylist()
+        if name in ("bbox", "model") or name in _STRING_COLUMNS:
+            data[name] = pd.Series(col.to_pylist(), dtype=object)
         elif name in _NULLABLE_INT_COLUMNS:
-            data[name] = pd.array(col.to_pylist(), dtype="Int64")
+            data[name] = col.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
         else:
             data[name] = col.to_pandas()
-    df = normalize_manifest(pd.DataFrame(data))
-    df.attrs["vreid"] = _metadata_of(table.schema, path)
+    df = pd.DataFrame(data)
+    df.attrs["vreid"] = metadata
     return df
 
 
