@@ -152,7 +152,7 @@ def retrieval_figure(
     g_cams = gallery_manifest["camera"].astype(str).to_numpy()
     qi = list(query_indices) if query_indices is not None else pick_queries(q_ids, q_cams, g_ids, g_cams, num_queries, seed)
     cols = 1 + top_k
-    fig, axes = plt.subplots(len(qi), cols, figsize=(1.7 * cols, 2.0 * len(qi) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(qi), cols, figsize=(1.7 * cols, 2.1 * len(qi) + 0.6), squeeze=False)
     for row, i in enumerate(qi):
         sim = g @ q[i]
         order, is_true = ranked_gallery(sim, q_ids[i], q_cams[i], g_ids, g_cams)
@@ -183,7 +183,8 @@ def _show(ax, path: Path, color: str, width: float) -> None:
     from PIL import Image
 
     with Image.open(path) as im:
-        ax.imshow(np.asarray(im.convert("RGB")))
+        # every panel the same size whatever the crop's shape, so titles and frames line up
+        ax.imshow(np.asarray(im.convert("RGB")), aspect="auto")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
