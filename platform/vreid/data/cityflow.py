@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vreid.data._common import (existing_files, frame, line_of, parse_camera, parse_int, parse_xml,
+from vreid.data._common import (existing_files, frame, parse_camera, parse_int, parse_xml,
                                 read_lines, read_name_list, require_file, require_image, require_root,
                                 xml_items)
 from vreid.errors import DataFormatError
@@ -24,9 +24,8 @@ from vreid.errors import DataFormatError
 def _read_train_labels(path: Path) -> dict[str, tuple[int, int]]:
     root, text = parse_xml(path, "CityFlow label file")
     out: dict[str, tuple[int, int]] = {}
-    for item in xml_items(root):
+    for item, line in xml_items(root, text):
         name = item.get("imageName")
-        line = line_of(text, f'"{name}"')
         where = f"{path}:{line}"
         if not name:
             raise DataFormatError(f"{where}: <Item> without imageName attribute")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vreid.data._common import (existing_files, frame, line_of, parse_camera, parse_int, parse_xml,
+from vreid.data._common import (existing_files, frame, parse_camera, parse_int, parse_xml,
                                 read_name_list, require_file, require_image, require_root, xml_items)
 from vreid.errors import DataFormatError
 
@@ -41,9 +41,8 @@ def parse_veri_name(name: str, where: str) -> tuple[int, int, float]:
 def _read_labels(path: Path) -> dict[str, tuple[int, int, int | None, int | None, int]]:
     root, text = parse_xml(path, "VeRi-776 label file")
     out = {}
-    for item in xml_items(root):
+    for item, line in xml_items(root, text):
         name = item.get("imageName")
-        line = line_of(text, f'"{name}"')
         where = f"{path}:{line}"
         if not name:
             raise DataFormatError(f"{where}: <Item> without imageName attribute")
