@@ -150,7 +150,7 @@ def compare_table(experiment: str, tracking_uri: str):
 
     runs = runs_dataframe(experiment, tracking_uri)
     if "tags.vreid.role" in runs.columns:
-        runs = runs[runs["tags.vreid.role"].fillna("") != "grid"]
+        runs = runs[~runs["tags.vreid.role"].fillna("").isin(["grid", "ensemble", "report"])]
     if runs.empty:
         from vreid.errors import VreidError
 

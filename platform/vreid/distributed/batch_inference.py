@@ -49,12 +49,15 @@ class EnsembleFeatureActor:
         for i, (model, size) in enumerate(self.models):
             x = to_batch(images, size).to(self.device)
             f = multiview_features(model, x, self.scales, self.flip)
-            if crops is not None and any(c is not None for c in crops):
-                idx = [j for j, c in enumerate(crops) if c is not None]
-                fc = multiview_features(model, to_batch([crops[j] for j in idx], size).to(self.device), self.scales, self.flip)
-                f[idx] = (f[idx] + fc) / 2
-                f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
             out[f"feat_{i}"] = f.cpu().numpy().astype(np.float32)
+            if crops is not None:
+                # box crops (VehicleNet IV-C "Cropped Images"); an image without a box keeps its own feature
+                fc = f.clone()
+                idx = [j for j, c in enumerate(crops) if c is not None]
+                if idx:
+                    fc[idx] = multiview_features(model, to_batch([crops[j] for j in idx], size).to(self.device),
+                                                 self.scales, self.flip)
+                out[f"crop_{i}"] = fc.cpu().numpy().astype(np.float32)
         return out
 
 
@@ -70,8 +73,9 @@ def extract_ensemble_features(
     use_gpu: bool = False,
     cpus_per_actor: float = 1.0,
     work_dir: Optional[str] = None,
-) -> list[np.ndarray]:
-    """Features of ``paths`` for each checkpoint (list, one [N, D_i] array per model, row order kept)."""
+) -> tuple[list[np.ndarray], Optional[list[np.ndarray]]]:
+    """Features of ``paths`` for each checkpoint: ``(features, crop_features)``, one [N, D_i] array per
+    model in row order; ``crop_features`` is None unless ``crop_average`` and boxes are given."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -104,7 +108,9 @@ def extract_ensemble_features(
     result = result.sort_values("row")
     if len(result) != len(paths) or not np.array_equal(result["row"].to_numpy(), np.arange(len(paths))):
         raise RuntimeError(f"batch inference returned {len(result)} rows for {len(paths)} images")
-    feats = []
-    for i in range(len(checkpoints)):
-        feats.append(np.stack(result[f"feat_{i}"].to_numpy()).astype(np.float32))
-    return feats
+    def column(name: str) -> np.ndarray:
+        return np.stack(result[name].to_numpy()).astype(np.float32)
+
+    feats = [column(f"feat_{i}") for i in range(len(checkpoints))]
+    crops = [column(f"crop_{i}") for i in range(len(checkpoints))] if f"crop_0" in result.columns else None
+    return feats, crops

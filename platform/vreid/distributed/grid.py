@@ -78,10 +78,26 @@ def grid_trial(config: dict[str, Any]) -> None:
     model, info = load_model_for_inference(final["checkpoint"])
     eff = measure_efficiency(model, tuple(info["image_size"]), batch_size=8, device="cpu")
     client.log_batch(run_id, metrics=[_metric(f"eff_{k}", v) for k, v in eff.items() if isinstance(v, (int, float))])
+    for key, value in efficiency_context("cpu").items():
+        client.set_tag(run_id, f"eff.{key}", value)
     client.set_terminated(run_id)
     # The final row: also covers a restored trial whose stages had all finished (nothing else reported).
     ray.tune.report({**{k: final["metrics"].get(k, -1.0) for k in METRIC_KEYS}, "checkpoint_path": final["checkpoint"],
                  "stage": cfg.stages[-1], "final": 1, "mlflow_run_id": run_id, "trial_id": trial_id})
+
+
+def efficiency_context(device: str) -> dict[str, str]:
+    """What the efficiency figures were measured on (device, processor, library versions)."""
+    import platform as _platform
+
+    import mlflow
+    import ray
+    import timm
+    import torch
+
+    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else (_platform.processor() or _platform.machine())
+    return {"device": f"{device} ({name})", "torch_version": torch.__version__, "timm_version": timm.__version__,
+            "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
 
 
 def _metric(key: str, value: float):

@@ -129,7 +129,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     from vreid.distributed.ray_train import init_ray
     from vreid.ensemble.submission import validate_track2, write_track2
     from vreid.ensemble.views import fuse
-    from vreid.evaluate.chain import load_chain_config, run_chain
+    from vreid.evaluate.chain import PostProcessConfig, run_chain
 
     t_start = time.time()
     out = Path(inp.out_dir).resolve()
@@ -139,7 +139,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     if not inp.models:
         raise VreidError("no models to ensemble")
     infos = check_models(inp.models)
-    chain_cfg = load_chain_config(inp.chain) if inp.chain else load_chain_config(None)
+    chain_cfg = PostProcessConfig.from_yaml(inp.chain) if inp.chain else PostProcessConfig.from_dict({"ensemble": True})
     sets: dict[str, Any] = {}
     if inp.test_query or inp.test_gallery:
         if not (inp.test_query and inp.test_gallery):
@@ -171,7 +171,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     print(f"[vreid] ensemble: {len(inp.models)} model(s) x {len(inp.scales) * (2 if inp.flip else 1)} view(s) "
           f"over {len(all_paths)} images", flush=True)
     t0 = time.time()
-    per_model = extract_ensemble_features(
+    per_model, per_model_crops = extract_ensemble_features(
         all_paths, [m.checkpoint for m in inp.models], scales=inp.scales, flip=inp.flip,
         bboxes=bboxes, crop_average=chain_cfg.crop_average, num_actors=inp.num_actors,
         batch_size=inp.batch_size, use_gpu=inp.use_gpu, cpus_per_actor=inp.cpus_per_actor,
@@ -197,8 +197,8 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
         rows.append({"name": f"ensemble of {len(inp.models)} (flip x scales {list(inp.scales)})",
                      **_eval(evaluate_features, fused_all[qi], fused_all[gi], q_df, g_df)})
         tables["single_vs_ensemble"] = rows
-        _, steps = run_chain(fused_all[qi], fused_all[gi], q_df, g_df, chain_cfg, evaluate=True)
-        tables["postprocess"] = [dict(r) for r in _table_rows(steps)]
+        _, steps = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=True, **_chain_inputs(per_model, per_model_crops, qi, gi))
+        tables["postprocess"] = [_rename(r) for r in steps]
         val_dir = out / "val"
         val_dir.mkdir(exist_ok=True)
         np.save(val_dir / "query_features.npy", fused_all[qi])
@@ -216,7 +216,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     if "test_query" in sets:
         q_df, g_df = sets["test_query"], sets["test_gallery"]
         qi, gi = rows_of["test_query"], rows_of["test_gallery"]
-        final, _ = run_chain(fused_all[qi], fused_all[gi], q_df, g_df, chain_cfg, evaluate=False)
+        final, _ = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=False, **_chain_inputs(per_model, per_model_crops, qi, gi))
         ranking = _top100(final)
         provenance = {
             "models": tables["models"],
@@ -261,10 +261,18 @@ def _eval(evaluate_features, qf, gf, q_df, g_df) -> dict[str, float]:
             "rank5": float(cmc[min(4, len(cmc) - 1)]), "mINP": float(full["mINP"])}
 
 
-def _table_rows(steps: Any) -> list[dict[str, Any]]:
-    if hasattr(steps, "to_dict"):
-        return steps.to_dict("records")
-    return list(steps)
+def _chain_inputs(per_model, crops, qi, gi):
+    """Per-model feature lists (and box-crop features) for the chain's own crop / ensemble steps."""
+    kw = {"qf": [f[qi] for f in per_model], "gf": [f[gi] for f in per_model]}
+    if crops is not None:
+        kw["q_crop"] = [f[qi] for f in crops]
+        kw["g_crop"] = [f[gi] for f in crops]
+    return kw
+
+
+def _rename(row: dict[str, Any]) -> dict[str, Any]:
+    names = {"CMC@1": "rank1", "CMC@5": "rank5"}
+    return {names.get(k, k): v for k, v in row.items()}
 
 
 def _top100(final: Any) -> np.ndarray:

@@ -52,14 +52,19 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_checkpoint(
     directory: str | Path,
     *,
-    export_model: torch.nn.Module,
+    export_state: dict[str, torch.Tensor] | None = None,
+    export_model: torch.nn.Module | None = None,
     model_config: dict[str, Any],
     state: dict[str, Any],
     metrics: dict[str, Any],
 ) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(_contiguous(export_model.state_dict()), str(directory / MODEL_FILE))
+    if export_state is None:
+        if export_model is None:
+            raise ValueError("save_checkpoint: give export_state or export_model")
+        export_state = export_model.state_dict()
+    save_file(_contiguous(export_state), str(directory / MODEL_FILE))
     (directory / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2, sort_keys=True))
     torch.save(state, directory / STATE_FILE)
     (directory / METRICS_FILE).write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True))
@@ -118,7 +123,10 @@ def load_model_for_inference(directory: str | Path, device: str = "cpu") -> tupl
     model_config = read_model_config(directory)
     model = build_model_from_config(model_config)
     state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise VreidError(f"checkpoint {directory}: weights do not match {MODEL_CONFIG_FILE}: {exc}") from None
     if missing or unexpected:
         raise VreidError(
             f"checkpoint {directory}: weights do not match {MODEL_CONFIG_FILE}: "

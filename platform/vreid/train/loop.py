@@ -362,7 +362,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if dino is not None:
                 state["dino_center"] = dino.center.detach().cpu()
             export = teacher if teacher is not None else model
-            save_checkpoint(tmp, export_model=export, model_config=export_config(kwargs, cfg, stage_name), state=state, metrics={**metrics, **notes})
+            # the exported model has no SSL head (SSBVER: no inference overhead)
+            export_sd = {k: v for k, v in export.state_dict().items() if not k.startswith("dino_head.")}
+            save_checkpoint(tmp, export_state=export_sd, model_config=export_config(kwargs, cfg, stage_name), state=state, metrics={**metrics, **notes})
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
         if tmp:
