@@ -461,14 +461,27 @@ def top_k_indices(dist: np.ndarray, k: int) -> np.ndarray:
         return np.zeros((dist.shape[0], 0), dtype=np.int64)
     if k == n:
         return np.argsort(dist, axis=1, kind="stable")
-    kth = np.partition(dist, k - 1, axis=1)[:, k - 1: k]
-    less = dist < kth
-    need = k - less.sum(axis=1, keepdims=True)
-    eq = dist == kth
-    keep = less | (eq & (np.cumsum(eq, axis=1) <= need))
-    cols = np.nonzero(keep)[1].reshape(dist.shape[0], k)  # row-major: ascending columns per row
+    # a SIMD value sort finds each row's k-th value faster than np.partition / argpartition here
+    buf = _sort_buffer(dist.shape[0], n, dist.dtype)
+    buf[:] = dist
+    buf.sort(axis=1)
+    kth = buf[:, k - 1: k].copy()
+    keep = dist <= kth
+    n_keep = np.count_nonzero(keep, axis=1)
+    tied = np.flatnonzero(n_keep != k)  # values tied at the k-th beyond the slots left
+    keep[tied] = False
+    cols = np.empty((dist.shape[0], k), dtype=np.int64)
+    ok = np.ones(dist.shape[0], dtype=bool)
+    ok[tied] = False
+    # 1-D flatnonzero is far faster than 2-D nonzero; row-major order gives ascending columns per row
+    cols[ok] = (np.flatnonzero(keep) % n).reshape(-1, k)
+    for i in tied:  # the lowest column indices win among the tied values (stable semantics)
+        row = dist[i]
+        less = np.flatnonzero(row < kth[i, 0])
+        eq = np.flatnonzero(row == kth[i, 0])[: k - len(less)]
+        cols[i] = np.sort(np.concatenate([less, eq]))
     vals = np.take_along_axis(dist, cols, axis=1)
-    order = np.argsort(vals, axis=1, kind="stable")
+    order = np.argsort(vals, axis=1, kind="stable")  # columns ascending, so ties stay in column order
     return np.take_along_axis(cols, order, axis=1)
 
 

@@ -97,6 +97,7 @@ def _rerank_core(
     n_all: int,
     rows_fn: Callable[[int, int], np.ndarray],
     entries_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    qg_fn: Callable[[int, int], np.ndarray],
     k1: int,
     k2: int,
     lambda_value: float,
@@ -105,7 +106,8 @@ def _rerank_core(
     """The algorithm on T (the transpose of the (query+gallery) distance matrix), given by row blocks.
 
     ``rows_fn(a, b)`` returns rows a..b of T (unsquared distances); ``entries_fn(i, j)`` returns T[i, j]
-    for index arrays. Returns the float32 (n_query, n_all - n_query) re-ranked distance.
+    for index arrays; ``qg_fn(a, b)`` returns T[a:b, n_query:] (query rows, gallery columns).
+    Returns the float32 (n_query, n_all - n_query) re-ranked distance.
     """
     n = n_all
     width = min(max(k1 + 1, k2), n)
@@ -165,9 +167,7 @@ def _rerank_core(
         flat = ri[rep][gal] * n_g + (j[gal] - n_query)
         tmin = np.bincount(flat, weights=mins[gal], minlength=(e - s) * n_g).reshape(e - s, n_g)
         jaccard = 1.0 - tmin / (2.0 - tmin)
-        q_idx = np.repeat(np.arange(s, e), n_g)
-        g_idx = np.tile(np.arange(n_query, n), e - s)
-        od = orig(q_idx, g_idx).reshape(e - s, n_g)
+        od = np.power(qg_fn(s, e), 2).astype(np.float32) / rowmax[s:e, None]
         out[s:e] = jaccard * (1.0 - lambda_value) + od * lambda_value
         s = e
     return out
@@ -215,7 +215,8 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
         out[m] = gg[r[m] - n_q, c[m] - n_q]
         return out
 
-    return _rerank_core(n_q, n, rows_fn, entries_fn, int(k1), int(k2), float(lambda_value))
+    return _rerank_core(n_q, n, rows_fn, entries_fn, lambda a, b: qg[a:b], int(k1), int(k2),
+                        float(lambda_value))
 
 
 def re_ranking_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
@@ -240,11 +241,11 @@ def re_ranking_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float =
         feats = feats / norms
     sqn = np.einsum("ij,ij->i", feats, feats)
 
-    def rows_fn(a: int, b: int) -> np.ndarray:
-        g = feats[a:b] @ feats.T
+    def rows_fn(a: int, b: int, c: int = 0) -> np.ndarray:
+        g = feats[a:b] @ feats[c:].T
         if metric == "cosine":
             return 1.0 - g
-        d2 = sqn[a:b, None] + sqn[None, :] - 2.0 * g
+        d2 = sqn[a:b, None] + sqn[None, c:] - 2.0 * g
         return np.sqrt(np.maximum(d2, 0.0))
 
     def entries_fn(i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -259,8 +260,9 @@ def re_ranking_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float =
                 out[s:s + len(g)] = np.sqrt(np.maximum(d2, 0.0))
         return out
 
-    return _rerank_core(qf.shape[0], feats.shape[0], rows_fn, entries_fn, int(k1), int(k2),
-                        float(lambda_value), block=block)
+    n_q = qf.shape[0]
+    return _rerank_core(n_q, feats.shape[0], rows_fn, entries_fn, lambda a, b: rows_fn(a, b, n_q),
+                        int(k1), int(k2), float(lambda_value), block=block)
 
 
 def re_ranking_dense_reference(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
