@@ -360,8 +360,17 @@ def evaluate_rank(
 # ----------------------------------------------------------------------------------------------------
 # distances from features, chunk by chunk
 # ----------------------------------------------------------------------------------------------------
+def _sq_norms(feats: np.ndarray) -> np.ndarray:
+    """Row squared norms in float64, in chunks (a whole-array float64 cast would double the memory)."""
+    out = np.empty(feats.shape[0], dtype=np.float64)
+    for s in range(0, feats.shape[0], 16384):
+        block = feats[s:s + 16384].astype(np.float64)
+        out[s:s + 16384] = np.einsum("ij,ij->i", block, block)
+    return out
+
+
 def _inv_norms(feats: np.ndarray, name: str) -> np.ndarray:
-    norms = np.sqrt(np.einsum("ij,ij->i", feats, feats, dtype=np.float64))
+    norms = np.sqrt(_sq_norms(feats))
     if np.any(norms == 0):
         raise EvaluationInputError(f"{name} has an all-zero row ({int(np.flatnonzero(norms == 0)[0])}); "
                                    "cosine distance is undefined")
@@ -386,8 +395,8 @@ class DistanceBlocks:
             self.g_inv = _inv_norms(self.gf, "gf")
             self.q_inv = _inv_norms(self.qf, "qf")
         else:
-            self.g_sq = np.einsum("ij,ij->i", self.gf, self.gf).astype(self.dtype)
-            self.q_sq = np.einsum("ij,ij->i", self.qf, self.qf).astype(self.dtype)
+            self.g_sq = _sq_norms(self.gf).astype(self.dtype)
+            self.q_sq = _sq_norms(self.qf).astype(self.dtype)
 
     @property
     def shape(self) -> tuple[int, int]:
