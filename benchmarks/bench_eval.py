@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -163,7 +162,10 @@ def bench_wild_child():
     t = time.perf_counter()
     res = evaluate_features(qf, gf, qp, gp, qc, gc, remove_same_camera=False)
     dt = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM is the peak of this process's own address space; ru_maxrss would also carry the parent's
+    # peak across fork/exec (Linux keeps the old mm's high-water mark in the signal struct)
+    with open("/proc/self/status") as fh:
+        peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
     print(f"[evaluate_features] VeRi-Wild large 10,000 x 128,517 x 2048 (float32 features "
           f"{(qf.nbytes + gf.nbytes) / (1 << 30):.2f} GiB): {dt:.1f} s, "
           f"peak resident memory of the process {peak / (1 << 30):.2f} GiB (target < 4 GiB); "

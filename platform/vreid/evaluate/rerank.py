@@ -23,6 +23,7 @@ original (with that stable sort) kept for the tests and the benchmark only.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -102,6 +103,7 @@ def _rerank_core(
     k2: int,
     lambda_value: float,
     block: int = 512,
+    n_threads: int = 2,
 ) -> np.ndarray:
     """The algorithm on T (the transpose of the (query+gallery) distance matrix), given by row blocks.
 
@@ -113,7 +115,8 @@ def _rerank_core(
     width = min(max(k1 + 1, k2), n)
     knn = np.empty((n, width), dtype=np.int64)
     rowmax = np.empty(n, dtype=np.float32)
-    for s in range(0, n, block):
+
+    def knn_block(s: int) -> None:
         e = min(s + block, n)
         sq = np.power(rows_fn(s, e), 2).astype(np.float32)
         m = sq.max(axis=1)
@@ -121,7 +124,12 @@ def _rerank_core(
             bad = s + int(np.flatnonzero(m <= 0)[0])
             raise EvaluationInputError(f"all distances of item {bad} are zero; re-ranking needs a positive maximum")
         rowmax[s:e] = m
-        knn[s:e] = top_k_indices(sq / m[:, None], width)
+        sq /= m[:, None]
+        knn[s:e] = top_k_indices(sq, width)
+
+    # blocks are independent and numpy's sort / BLAS / ufuncs release the GIL: use both cores
+    with ThreadPoolExecutor(max_workers=max(1, min(n_threads, (n + block - 1) // block))) as pool:
+        list(pool.map(knn_block, range(0, n, block)))
 
     def orig(i: np.ndarray, j: np.ndarray) -> np.ndarray:
         return np.power(entries_fn(i, j), 2).astype(np.float32) / rowmax[i]
