@@ -16,19 +16,54 @@ os.environ.pop("RAY_ADDRESS", None)
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_cluster(tmp: str) -> None:
+    """Stop only the processes of *this* head (their command lines name its temp dir): never `ray stop`,
+    which would stop every Ray instance on the machine."""
+    import psutil
+
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.info["pid"] != me and any(tmp in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real local Ray cluster (4 logical CPUs on this 2-core machine, no dashboard)."""
+    """A real Ray head on 127.0.0.1 (`ray start --head`, dashboard and Jobs API on, token auth off for
+    this loopback-only test cluster), 4 logical CPUs on this 2-core machine; this session's tests
+    attach to it with ``ray.init(address=...)``."""
+    import subprocess
+    import sys
+
     import ray
 
-    from vreid.distributed.ray_train import init_ray
-
-    # socket paths must stay under 107 bytes: a short temp dir
-    tmp = tempfile.mkdtemp(prefix="vr", dir="/tmp")
-    os.environ["VREID_RAY_TMPDIR"] = tmp
-    init_ray(num_cpus=4, _temp_dir=tmp, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    tmp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # socket paths must stay under 107 bytes
+    port, dash = _free_port(), _free_port()
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "disabled"}
+    cmd = [os.path.join(bin_dir, "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+           "--num-cpus=4", f"--temp-dir={tmp}", "--disable-usage-stats"]
+    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=180)
+    address = f"127.0.0.1:{port}"
+    try:
+        ray.init(address=address, log_to_driver=False)
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": tmp, "env": env}
+    finally:
+        ray.shutdown()
+        _kill_cluster(tmp)
 
 
 @pytest.fixture(scope="session")
