@@ -420,7 +420,9 @@ def _cityflow(out: Path, seed: int, n_ids: int, per_id: int, size: tuple[int, in
     train_ids = sorted([int(v) for v in rng.choice(low_pool, size=n_train - n_val, replace=False)]
                        + [int(v) for v in rng.choice(np.arange(401, 479), size=n_val, replace=False)])
     test_pool = np.concatenate([np.arange(96, 241), np.arange(479, 667)])
-    test_ids = sorted(int(v) for v in rng.choice(test_pool, size=max(1, n_ids - n_train), replace=False))
+    # as many test ids as training ids (the release: 333 / 333), so the AI City test gallery of the
+    # default demo holds more than the 100 entries a track2.txt line needs
+    test_ids = sorted(int(v) for v in rng.choice(test_pool, size=n_train, replace=False))
     vids = sorted(train_ids + test_ids)
     idents, sils, cameras, cams_of = _setup("cityflow", src, seed, vids, list(range(1, 41)), (3, 4))
     shots = _shoot("cityflow", src, seed, idents, sils, cameras, cams_of, per_id, size)
