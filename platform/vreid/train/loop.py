@@ -132,8 +132,10 @@ def make_sampler(stage: Any, labels: np.ndarray, seed: int, world: int, rank: in
 
 
 def params_digest(model: nn.Module) -> str:
+    """Hash of the trainable parameters (BN running statistics are per-worker buffers that DDP
+    re-broadcasts from rank 0 at each forward, so they are left out)."""
     h = hashlib.sha1()
-    for _, p in sorted(model.state_dict().items()):
+    for _, p in sorted(model.named_parameters()):
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
