@@ -50,12 +50,16 @@ def ray_cluster():
 
     tmp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # socket paths must stay under 107 bytes
     port, dash = _free_port(), _free_port()
+    # every listening port chosen free: a default port held by another Ray instance on this machine
+    # would leave the head without a job agent ("No available agent to submit job")
+    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
     os.environ["RAY_AUTH_MODE"] = "disabled"
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "disabled"}
     cmd = [os.path.join(bin_dir, "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-           "--num-cpus=4", f"--temp-dir={tmp}", "--disable-usage-stats"]
+           "--num-cpus=4", f"--temp-dir={tmp}", "--disable-usage-stats", *agent_ports]
     subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=180)
     address = f"127.0.0.1:{port}"
     try:
