@@ -107,7 +107,7 @@ def ray_loop(cfg, epochs: int, work: Path) -> float:
     # per-epoch images/s from the reported metrics (the training part of each epoch, as the plain loop)
     run_dir = Path(res["checkpoint"]).parent
     rates = []
-    for ck in sorted(run_dir.glob("checkpoint_*")):
+    for ck in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()):
         m = __import__("json").loads((ck / "metrics.json").read_text())
         rates.append(m["images_per_s"])
     if not rates:
@@ -117,11 +117,11 @@ def ray_loop(cfg, epochs: int, work: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--backbone", default="test_resnet")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--ids", type=int, default=24)
+    parser.add_argument("--ids", type=int, default=80)
     args = parser.parse_args()
 
     from vreid.cli import main as vreid
@@ -137,7 +137,8 @@ def main() -> None:
     from vreid.data.schema import read_manifest, write_manifest
 
     df = read_manifest(work / "train.parquet")
-    write_manifest(df[df["split"] == "train"].reset_index(drop=True), work / "train_only.parquet")
+    df = df[df["split"] == "train"].reset_index(drop=True)
+    write_manifest(df, work / "train_only.parquet")
     cfg = config_from_dict({
         "recipe": "vehiclenet", "seed": 0,
         "data": {"stage1_train": str(work / "train_only.parquet"), "image_size": [args.size, args.size], "loader_workers": 0},
