@@ -107,7 +107,7 @@ def ray_data(paths, checkpoints, batch: int, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=int, default=2)
-    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--backbone", default="test_resnet")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -118,9 +118,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="vreid-bench-ens-"))
     assert vreid(["data", "synth", "--out", str(work / "data")]) == 0
-    paths = sorted(str(p) for p in (work / "data" / "veri776").rglob("*.jpg"))[: args.images]
+    pool = sorted(str(p) for p in (work / "data").rglob("*.jpg"))
+    # enough images that the Ray actor's start-up (a process, torch, the models) is amortised
+    paths = (pool * (args.images // len(pool) + 1))[: args.images]
     ckpts = make_checkpoints(work, args.models, args.backbone, args.size)
-    print(f"{len(paths)} generated images, {args.models} x {args.backbone} at {args.size}x{args.size}, "
+    print(f"{len(paths)} images ({len(set(paths))} distinct generated files), {args.models} x {args.backbone} at {args.size}x{args.size}, "
           f"{len(SCALES) * 2} views (flip x scales {list(SCALES)}), 1 torch thread, CPU")
     f = floor(paths, ckpts, args.batch_size)
     ip = in_process(paths, ckpts, args.batch_size)
