@@ -45,6 +45,9 @@ class DataConfig:
     image_size: list[int] = field(default_factory=lambda: [256, 256])  # [height, width]
     loader_workers: int = 2
     use_bbox: bool = True
+    # "camera": train a camera classifier with the same recipe (camera ids as labels), whose features
+    # drive camera verification by clustering (VehicleNet IV-C, Fig. 5: the camera-aware DenseNet121)
+    label_by: Literal["identity", "camera"] = "identity"
 
     def resolved(self, base: Path | None = None) -> "DataConfig":
         """Fill unset manifest paths from ``manifests`` and make every path absolute."""

@@ -90,7 +90,8 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
 
     _step(4, "running the demo grid on a local Ray cluster (Ray Tune trials, each Stage-I then Stage-II on Ray Train)")
     cfg = load_config(space, [f"data.manifests={manifests}", f"output.root={out}", *(overrides or [])])
-    init_ray(num_cpus=num_cpus or 2 * (os.cpu_count() or 2))
+    # progress comes from the grid's driver-side callback; the workers' own logs stay in Ray's log folder
+    init_ray(num_cpus=num_cpus or 2 * (os.cpu_count() or 2), log_to_driver=False)
     selection = run_grid(cfg, name=cfg.name)
     uri = selection["tracking_uri"]
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} trials -> {selection['path']}")

@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted grid; finished trials are kept")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of the local Ray cluster")
+    p.add_argument("--verbose", action="store_true", help="stream the Ray workers' logs (default: one line per epoch)")
     p.set_defaults(func=_grid)
 
     c = sub.add_parser("compare", help="print a grid's trials from MLflow, sorted by validation mAP")
@@ -27,7 +28,10 @@ def _grid(args: argparse.Namespace) -> int:
     from vreid.config import load_config
     from vreid.distributed.grid import run_grid
 
+    from vreid.distributed.ray_train import init_ray
+
     cfg = load_config(args.space, args.overrides)
+    init_ray(num_cpus=args.num_cpus, log_to_driver=args.verbose)
     selection = run_grid(cfg, name=args.name, resume=args.resume, num_cpus=args.num_cpus)
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "
           f"({len(selection['failed'])} failed) -> {selection['path']}")

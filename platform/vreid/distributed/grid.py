@@ -100,6 +100,29 @@ def efficiency_context(device: str) -> dict[str, str]:
             "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
 
 
+def progress_callback():
+    """A Tune callback in the driver: one line per reported epoch and per finished or failed trial
+    (so a grid run with ``log_to_driver=False`` still shows its progress, without Ray's log noise)."""
+    from ray.tune import Callback
+
+    class _Progress(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if result.get("final"):
+                return
+            print(f"[vreid] trial {trial.trial_id} {result.get('stage', '?')} epoch {result.get('epoch', '?')}: "
+                  f"loss {result.get('loss', float('nan')):.4f}  val mAP {result.get('val_mAP', -1):.4f}  "
+                  f"rank1 {result.get('val_rank1', -1):.4f}  ({result.get('images_per_s', 0):.0f} img/s)", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            done = sum(t.status == "TERMINATED" for t in trials)
+            print(f"[vreid] trial {trial.trial_id} finished ({done}/{len(trials)} done)", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[vreid] trial {trial.trial_id} FAILED: {str(trial.error_file or '')}", flush=True)
+
+    return _Progress()
+
+
 def _metric(key: str, value: float):
     from mlflow.entities import Metric
 
@@ -158,7 +181,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(max_concurrent_trials=grid.max_concurrent_trials or None),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[progress_callback()],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     result_grid = tuner.fit()

@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gallery", help="test gallery manifest")
     p.add_argument("--val-query", help="validation query manifest (with identities: prints Table VI)")
     p.add_argument("--val-gallery", help="validation gallery manifest")
+    p.add_argument("--camera-checkpoint", help="a camera classifier (trained with data.label_by: camera) whose "
+                   "feature clusters drive camera verification (chain: camera_verification.source: clusters)")
     p.add_argument("--chain", help="post-processing chain YAML (default: all steps off but the ensemble)")
     p.add_argument("--out", required=True, help="output folder (absolute path or a mounted shared path)")
     p.add_argument("--scales", default="1,0.9,0.8", help="scale jitter, fractions of the image area (default 1,0.9,0.8)")
@@ -78,6 +80,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         val_gallery=vg, chain=args.chain, scales=scales, flip=not args.no_flip, num_actors=args.num_actors,
         batch_size=args.batch_size, use_gpu=args.gpu, cpus_per_actor=args.cpus_per_actor,
         experiment=experiment, tracking_uri=uri, source=source,
+        camera_checkpoint=str(Path(args.camera_checkpoint).resolve()) if args.camera_checkpoint else None,
     )
     result = run_ensemble(inp)
     print_tables(result["tables"])

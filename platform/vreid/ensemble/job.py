@@ -118,6 +118,7 @@ class EnsembleInputs:
     experiment: Optional[str] = None
     tracking_uri: Optional[str] = None
     source: str = ""  # where the model list came from (selection path, experiment)
+    camera_checkpoint: Optional[str] = None  # camera classifier for camera verification by clusters
 
 
 def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
@@ -138,8 +139,12 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     # ---- check everything before any work
     if not inp.models:
         raise VreidError("no models to ensemble")
-    infos = check_models(inp.models)
+    infos = check_models(inp.models + ([ModelRef(inp.camera_checkpoint)] if inp.camera_checkpoint else []))
     chain_cfg = PostProcessConfig.from_yaml(inp.chain) if inp.chain else PostProcessConfig.from_dict({"ensemble": True})
+    cv = chain_cfg.camera_verification
+    if cv.enabled and cv.source == "clusters" and not inp.camera_checkpoint:
+        raise VreidError("the chain clusters camera features (camera_verification.source: clusters): "
+                         "give --camera-checkpoint (a model trained with data.label_by: camera)")
     sets: dict[str, Any] = {}
     if inp.test_query or inp.test_gallery:
         if not (inp.test_query and inp.test_gallery):
@@ -171,13 +176,19 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     print(f"[vreid] ensemble: {len(inp.models)} model(s) x {len(inp.scales) * (2 if inp.flip else 1)} view(s) "
           f"over {len(all_paths)} images", flush=True)
     t0 = time.time()
+    checkpoints = [m.checkpoint for m in inp.models] + ([inp.camera_checkpoint] if inp.camera_checkpoint else [])
     per_model, per_model_crops = extract_ensemble_features(
-        all_paths, [m.checkpoint for m in inp.models], scales=inp.scales, flip=inp.flip,
+        all_paths, checkpoints, scales=inp.scales, flip=inp.flip,
         bboxes=bboxes, crop_average=chain_cfg.crop_average, num_actors=inp.num_actors,
         batch_size=inp.batch_size, use_gpu=inp.use_gpu, cpus_per_actor=inp.cpus_per_actor,
         work_dir=str(out / "_work"),
     )
     extract_s = time.time() - t0
+    camera_feats = None
+    if inp.camera_checkpoint:  # the camera model's features are for clustering, not for fusion
+        camera_feats = per_model.pop()
+        if per_model_crops is not None:
+            per_model_crops.pop()
     fused_all = fuse(per_model)
     rows_of = {k: np.array([where[p] for p in df["path"]]) for k, df in sets.items()}
 
@@ -197,7 +208,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
         rows.append({"name": f"ensemble of {len(inp.models)} (flip x scales {list(inp.scales)})",
                      **_eval(evaluate_features, fused_all[qi], fused_all[gi], q_df, g_df)})
         tables["single_vs_ensemble"] = rows
-        _, steps = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=True, **_chain_inputs(per_model, per_model_crops, qi, gi))
+        _, steps = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=True, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
         tables["postprocess"] = [_rename(r) for r in steps]
         val_dir = out / "val"
         val_dir.mkdir(exist_ok=True)
@@ -216,7 +227,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     if "test_query" in sets:
         q_df, g_df = sets["test_query"], sets["test_gallery"]
         qi, gi = rows_of["test_query"], rows_of["test_gallery"]
-        final, _ = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=False, **_chain_inputs(per_model, per_model_crops, qi, gi))
+        final, _ = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=False, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
         ranking = _top100(final)
         provenance = {
             "models": tables["models"],
@@ -261,12 +272,15 @@ def _eval(evaluate_features, qf, gf, q_df, g_df) -> dict[str, float]:
             "rank5": float(cmc[min(4, len(cmc) - 1)]), "mINP": float(full["mINP"])}
 
 
-def _chain_inputs(per_model, crops, qi, gi):
+def _chain_inputs(per_model, crops, qi, gi, camera_feats=None):
     """Per-model feature lists (and box-crop features) for the chain's own crop / ensemble steps."""
     kw = {"qf": [f[qi] for f in per_model], "gf": [f[gi] for f in per_model]}
     if crops is not None:
         kw["q_crop"] = [f[qi] for f in crops]
         kw["g_crop"] = [f[gi] for f in crops]
+    if camera_feats is not None:
+        kw["q_camera_features"] = camera_feats[qi]
+        kw["g_camera_features"] = camera_feats[gi]
     return kw
 
 

@@ -63,8 +63,17 @@ def train_manifest_path(cfg: RunConfig, stage: str) -> str:
     return path
 
 
-def training_labels(df) -> np.ndarray:
-    """The contiguous ``label`` column; manifests without one get labels from sorted vehicle ids."""
+def training_labels(df, label_by: str = "identity") -> np.ndarray:
+    """The contiguous ``label`` column; manifests without one get labels from sorted vehicle ids.
+    ``label_by="camera"``: contiguous labels from the camera ids (the camera classifier)."""
+    if label_by == "camera":
+        cams = df["camera"].to_numpy()
+        if (cams < 0).any():
+            from vreid.errors import VreidError
+
+            raise VreidError("label_by: camera needs a camera id on every training image (found -1)")
+        uniq = {v: i for i, v in enumerate(sorted(set(cams.tolist())))}
+        return np.array([uniq[v] for v in cams.tolist()], dtype=np.int64)
     if "label" in df.columns and (df["label"] >= 0).all():
         return df["label"].to_numpy(np.int64)
     ids = df["source_id"] if "source_id" in df.columns else df["vehicle_id"]
@@ -210,7 +219,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # ---- data
     df = read_manifest(train_manifest_path(cfg, stage_name))
-    labels = training_labels(df)
+    labels = training_labels(df, cfg.data.label_by)
     num_classes = int(labels.max()) + 1
     df = df.assign(label=labels)
     size = tuple(cfg.data.image_size)
