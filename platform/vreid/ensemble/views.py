@@ -17,52 +17,35 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+from vreid.evaluate.features import _load, _to_tensor, _views_feature
 
 
 def decode(path: str) -> Image.Image:
-    from vreid.errors import VreidError
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise VreidError(f"cannot decode image {path}: {exc}") from None
+    """Read and decode one image (RGB); the same loader as :func:`vreid.evaluate.features.extract_features`."""
+    return _load(path, None, False)
 
 
 def crop_box(img: Image.Image, bbox: Optional[Sequence[int]]) -> Optional[Image.Image]:
+    """The manifest box ([x1, y1, x2, y2], 0-based, end exclusive) clipped to the image; None if empty."""
     if bbox is None or len(bbox) != 4:
         return None
     x1, y1, x2, y2 = (int(v) for v in bbox)
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(img.width, x2), min(img.height, y2)
     if x2 <= x1 or y2 <= y1:
         return None
     return img.crop((x1, y1, x2, y2))
 
 
 def to_batch(images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
-    """Resize (bilinear) to ``size`` = (h, w), stack, ImageNet-normalise."""
-    h, w = size
-    arr = np.stack([np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.uint8) for im in images])
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+    """Resize to ``size`` = (h, w) and ImageNet-normalise, exactly as the evaluation's extractor."""
+    return torch.stack([_to_tensor(im, size) for im in images])
 
 
 @torch.no_grad()
 def multiview_features(model: torch.nn.Module, x: torch.Tensor, scales: Sequence[float] = (1.0, 0.9, 0.8),
                        flip: bool = True) -> torch.Tensor:
     """Sum of ``model.extract`` over flip x scales views of the batch ``x``, L2-normalised."""
-    total = None
-    for s in scales:
-        if s == 1.0:
-            xs = x
-        else:
-            xs = F.interpolate(x, scale_factor=math.sqrt(s), mode="bilinear", align_corners=False)
-        views = [xs, torch.flip(xs, dims=[3])] if flip else [xs]
-        for v in views:
-            f = model.extract(v).float()
-            total = f if total is None else total + f
-    return F.normalize(total, dim=1)
+    return F.normalize(_views_feature(model, x, scales, flip), dim=1)
 
 
 def fuse(features: Sequence[np.ndarray]) -> np.ndarray:
