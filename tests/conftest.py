@@ -6,6 +6,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import subprocess
+import sys
+import time
+import urllib.request
+
 import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
@@ -68,6 +73,35 @@ def ray_cluster():
     finally:
         ray.shutdown()
         _kill_cluster(tmp)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on 127.0.0.1 with a SQLite store and a local artifact root."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    exe = Path(sys.executable).parent / "mlflow"
+    proc = subprocess.Popen(
+        [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            raise RuntimeError("mlflow server exited:\n" + (root / "server.log").read_text()[-3000:])
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not start")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,26 @@ from conftest import REPO
 
 
 @pytest.fixture(scope="module")
-def demo_run(ray_cluster, tmp_path_factory):
+def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
+    """The demo pipeline, small, tracked by a real `mlflow server` over HTTP. Its grid has a third
+    trial that cannot train (a negative learning rate), and one worker is killed after its first
+    epoch, so the fault handling is checked on the pipeline's own grid."""
+    import os
+
     from vreid.demo import run_demo
 
-    out = tmp_path_factory.mktemp("pipeline") / "demo"
-    result = run_demo(
-        out, str(REPO / "search_spaces" / "demo.yaml"), str(REPO / "search_spaces" / "postprocess_demo.yaml"),
-        overrides=["stage1.epochs=1", "stage2.epochs=1", "grid.params={'stage1.lr+stage2.lr': [0.05, 0.08]}"],
-    )
+    tmp = tmp_path_factory.mktemp("pipeline")
+    out = tmp / "demo"
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
+    try:
+        result = run_demo(
+            out, str(REPO / "search_spaces" / "demo.yaml"), str(REPO / "search_spaces" / "postprocess_demo.yaml"),
+            overrides=["stage1.epochs=2", "stage2.epochs=1", "grid.params={'stage1.lr+stage2.lr': [0.05, 0.08, -1.0]}"],
+            extra_config={"inject_fault_after_epoch": 1, "fault_marker": str(tmp / "fault_injected")},
+        )
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    result["fault_marker"] = tmp / "fault_injected"
     return result
 
 
@@ -45,7 +57,7 @@ def test_pipeline_outputs_exist_and_parse(demo_run):
         assert rows(man / "index" / f"{fmt}.parquet") > 0
     sel = json.loads(Path(demo_run["selection"]["path"]).read_text())
     assert len(sel["selected"]) == 2 and all(Path(s["checkpoint_uri"].removeprefix("file://")).is_dir() for s in sel["selected"])
-    assert (out / "mlflow.db").is_file()
+    assert demo_run["tracking_uri"].startswith("http://127.0.0.1:")
     track2 = Path(demo_run["submission"])
     validate_track2(track2, rows(man / "test_query.parquet"), rows(man / "test_gallery.parquet"))
     prov = json.loads(track2.with_name("track2.provenance.json").read_text())
@@ -65,6 +77,33 @@ def test_pipeline_outputs_exist_and_parse(demo_run):
         with Image.open(png) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     assert (out / "compare.md").read_text().count("|") > 10
+
+
+def test_grid_faults_and_mlflow_over_http(demo_run):
+    """A worker killed mid-trial resumes from its checkpoint (each epoch in MLflow once); the trial that
+    cannot train is reported failed with its error; selection comes from the others."""
+    from mlflow import MlflowClient
+
+    from vreid import tracking
+
+    sel = demo_run["selection"]
+    uri = demo_run["tracking_uri"]
+    assert demo_run["fault_marker"].exists(), "no worker was killed"
+    assert len(sel["finished"]) == 2 and len(sel["failed"]) == 1
+    assert "stage1.lr" in sel["failed"][0]["error"]
+    client = MlflowClient(uri)
+    for item in sel["finished"]:
+        steps = sorted(m.step for m in client.get_metric_history(item["mlflow_run_id"], "val_mAP"))
+        assert steps == [1, 2, 3], steps  # Stage-I epochs 1-2, Stage-II epoch 1, each once
+        assert sorted(m.step for m in client.get_metric_history(item["mlflow_run_id"], "stage1/loss")) == [1, 2]
+        run = client.get_run(item["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["vreid.selected"] == "true"
+        assert run.data.tags["git_commit"] and run.data.tags["manifest.stage1_train"] != "none"
+        assert run.data.tags["mlflow.parentRunId"] and run.data.params["model.backbone"] == "test_resnet"
+    table = tracking.compare_table("demo", uri)
+    assert len(table) == 3 and sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED"]
+    assert table.iloc[0]["selected"] and table.iloc[0]["val_mAP"] == pytest.approx(sel["selected"][0]["metrics"]["val_mAP"])
+    assert table.iloc[0]["params_m"] > 0
 
 
 def test_ensemble_as_ray_job_is_byte_identical(demo_run, ray_cluster, tmp_path):

@@ -47,7 +47,8 @@ def _run(argv: list[str]) -> None:
 
 
 def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, images_per_id: int | None = None,
-             overrides: list[str] | None = None, num_cpus: float | None = None, report: bool = True) -> dict:
+             overrides: list[str] | None = None, num_cpus: float | None = None, report: bool = True,
+             extra_config: dict | None = None) -> dict:
     import os
 
     from vreid import tracking
@@ -92,9 +93,12 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
     cfg = load_config(space, [f"data.manifests={manifests}", f"output.root={out}", *(overrides or [])])
     # progress comes from the grid's driver-side callback; the workers' own logs stay in Ray's log folder
     init_ray(num_cpus=num_cpus or 2 * (os.cpu_count() or 2), log_to_driver=False)
-    selection = run_grid(cfg, name=cfg.name)
+    selection = run_grid(cfg, name=cfg.name, extra_config=extra_config)
     uri = selection["tracking_uri"]
-    print(f"selected {len(selection['selected'])} of {len(selection['finished'])} trials -> {selection['path']}")
+    print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "
+          f"({len(selection['failed'])} failed) -> {selection['path']}")
+    for item in selection["failed"]:
+        print(f"  failed trial {item['trial_id']}: {item.get('error')}")
 
     _step(5, "comparing the trials (from MLflow)")
     table = tracking.compare_table(cfg.name, uri)
@@ -117,7 +121,7 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
         report_path = out / "report.md"
 
     _step(8, f"done in {time.time() - t_all:.0f} s; outputs")
-    db = uri.removeprefix("sqlite:///")
+    db = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:") else f"(MLflow server {uri})"
     lines = [
         f"  data (generated):      {data}",
         f"  manifests:             {manifests}",
@@ -129,7 +133,10 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
     ]
     if report_path:
         lines += [f"  report:                {report_path}", f"  figures:               {out / 'figures'}"]
-    lines.append(f"  open the runs:         mlflow ui --backend-store-uri {uri} --port 5000")
+    if uri.startswith("sqlite:"):
+        lines.append(f"  open the runs:         mlflow ui --backend-store-uri {uri} --port 5000")
+    else:
+        lines.append(f"  open the runs:         {uri}")
     print("\n".join(lines), flush=True)
     return {"out": str(out), "selection": selection, "tracking_uri": uri, "submission": str(ens_dir / "track2.txt"),
             "report": str(report_path) if report_path else None}

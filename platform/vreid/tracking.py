@@ -30,10 +30,20 @@ def default_tracking_uri(root: str | os.PathLike = "outputs") -> str:
 
 
 def configure(tracking_uri: str) -> None:
+    """Point MLflow's fluent API at ``tracking_uri`` for this process.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``; that would make this URI the
+    default of every later run in the process (and of its children), so the variable is restored.
+    """
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def get_or_create_experiment(name: str, tracking_uri: str, artifact_root: Optional[str] = None) -> str:
@@ -74,7 +84,8 @@ def file_hash(path: str | None) -> str:
 def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    # MLflow keys allow letters, digits, _ - . / and spaces: a joined grid key "a.b+c.d" becomes "a.b and c.d"
+    items = [Param(k.replace("+", " and "), str(v)[:6000]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -41,8 +42,12 @@ def grid_trial(config: dict[str, Any]) -> None:
     for key, value in (config.get("grid") or {}).items():
         set_dotted(run, key, value)
     run["grid"] = None
-    cfg = config_from_dict(run, f"grid trial {trial_id}")
     grid_name = config["grid_name"]
+    try:
+        cfg = config_from_dict(run, f"grid trial {trial_id}")
+    except VreidError as exc:  # a grid point that cannot train: a FAILED run that says why
+        _failed_run(grid_name, trial_id, config, exc)
+        raise
     cfg.name = f"{grid_name}-{trial_id}"
     storage = storage_path_for(cfg)
     uri = config["tracking_uri"]
@@ -53,7 +58,7 @@ def grid_trial(config: dict[str, Any]) -> None:
         run_id = json.loads(run_file.read_text())["run_id"]
     else:
         tags = {"vreid.trial_id": trial_id, "vreid.grid": grid_name}
-        tags.update({f"grid.{k}": str(v) for k, v in (config.get("grid") or {}).items()})
+        tags.update({f"grid.{k.replace('+', ' and ')}": str(v) for k, v in (config.get("grid") or {}).items()})
         run_id = start_mlflow_run(cfg, grid_name, f"{trial_id}", uri, parent_run_id=config.get("parent_run_id"), tags=tags)
         run_file.write_text(json.dumps({"run_id": run_id}))
 
@@ -98,6 +103,24 @@ def efficiency_context(device: str) -> dict[str, str]:
     name = torch.cuda.get_device_name(0) if device.startswith("cuda") else (_platform.processor() or _platform.machine())
     return {"device": f"{device} ({name})", "torch_version": torch.__version__, "timm_version": timm.__version__,
             "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
+
+
+def _failed_run(grid_name: str, trial_id: str, config: dict[str, Any], exc: Exception) -> None:
+    from mlflow import MlflowClient
+
+    from vreid import tracking
+
+    uri = config["tracking_uri"]
+    exp_id = tracking.get_or_create_experiment(grid_name, uri)
+    client = MlflowClient(uri)
+    tags = {"vreid.trial_id": trial_id, "vreid.grid": grid_name, "vreid.error": f"{type(exc).__name__}: {exc}"[:5000]}
+    if config.get("parent_run_id"):
+        tags["mlflow.parentRunId"] = config["parent_run_id"]
+    run = client.create_run(exp_id, run_name=trial_id, tags=tags)
+    try:
+        tracking.log_params(client, run.info.run_id, dict(config.get("grid") or {}))
+    finally:
+        client.set_terminated(run.info.run_id, status="FAILED")
 
 
 def progress_callback():
@@ -202,10 +225,10 @@ def select_best(result_grid, name: str, top_k: int, metric: str, mode: str, trac
     """Best ``top_k`` finished trials by their *final* ``metric`` (the end of the last stage)."""
     trials, failed = [], []
     for result in result_grid:
-        trial_id = Path(result.path).name.split("_")[1] if result.path else "?"
+        found = re.match(r"grid_trial_([0-9a-f]+_\d+)", Path(result.path).name) if result.path else None
         cfg = result.config or {}
         metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id", trial_id)
+        trial_id = metrics.get("trial_id") or (found.group(1) if found else "?")
         entry = {
             "trial_id": trial_id,
             "config": cfg.get("grid", {}),
