@@ -8,7 +8,6 @@ its ``row`` id and the result is re-ordered by it.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -89,6 +88,10 @@ def extract_ensemble_features(
     index_path = work / "inference_index.parquet"
     pq.write_table(pa.Table.from_pandas(pd.DataFrame(table), preserve_index=False), index_path)
     out_dir = work / "features"
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the job prints its own one-line progress
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
     ds = ray.data.read_parquet(str(index_path))
     ds = ds.map_batches(
         EnsembleFeatureActor,
