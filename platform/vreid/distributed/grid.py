@@ -137,7 +137,8 @@ def progress_callback():
                   f"rank1 {result.get('val_rank1', -1):.4f}  ({result.get('images_per_s', 0):.0f} img/s)", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            done = sum(t.status == "TERMINATED" for t in trials)
+            # called before this trial's own status is updated
+            done = 1 + sum(t.status == "TERMINATED" for t in trials if t is not trial)
             print(f"[vreid] trial {trial.trial_id} finished ({done}/{len(trials)} done)", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
