@@ -13,7 +13,6 @@ Target: Ray Train >= 0.9 x plain PyTorch.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -102,8 +101,6 @@ def ray_loop(cfg, epochs: int, work: Path) -> float:
     init_ray(num_cpus=2, log_to_driver=False)
     storage = str(work / "ray")
     res = fit_stage(cfg, "stage1", f"bench-{int(time.time())}", storage)
-    import pandas as pd
-
     # per-epoch images/s from the reported metrics (the training part of each epoch, as the plain loop)
     run_dir = Path(res["checkpoint"]).parent
     rates = []
@@ -131,9 +128,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="vreid-bench-"))
     assert vreid(["data", "synth", "--out", str(work / "data"), "--ids", str(args.ids)]) == 0
     assert vreid(["data", "index", "veri776", str(work / "data" / "veri776"), "--out", str(work / "train.parquet")]) == 0
-    import pandas as pd
-
-    df = pd.read_parquet(work / "train.parquet")
     from vreid.data.schema import read_manifest, write_manifest
 
     df = read_manifest(work / "train.parquet")

@@ -1,6 +1,5 @@
 """The camera classifier reuses the training recipe with camera ids as labels (VehicleNet IV-C)."""
 
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -6,7 +6,6 @@ pipeline's own grid in tests/test_pipeline.py, so the suite trains one grid fewe
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -38,12 +38,13 @@ class EnsembleFeatureActor:
         self.crop_average = crop_average
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vreid.ensemble.views import crop_box, decode, multiview_features, to_batch
+        from vreid.ensemble.views import decode, multiview_features, to_batch
+        from vreid.evaluate.features import crop_to_box
 
         images = [decode(str(p)) for p in batch["path"]]  # decoded once for every model and view
         crops = None
         if self.crop_average and "bbox" in batch:
-            crops = [crop_box(im, bb) for im, bb in zip(images, batch["bbox"])]
+            crops = [crop_to_box(im, bb) for im, bb in zip(images, batch["bbox"])]
         out: dict[str, np.ndarray] = {"row": np.asarray(batch["row"], dtype=np.int64)}
         for i, (model, size) in enumerate(self.models):
             x = to_batch(images, size).to(self.device)
@@ -115,5 +116,5 @@ def extract_ensemble_features(
         return np.stack(result[name].to_numpy()).astype(np.float32)
 
     feats = [column(f"feat_{i}") for i in range(len(checkpoints))]
-    crops = [column(f"crop_{i}") for i in range(len(checkpoints))] if f"crop_0" in result.columns else None
+    crops = [column(f"crop_{i}") for i in range(len(checkpoints))] if "crop_0" in result.columns else None
     return feats, crops

@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from vreid.config import flatten
 from vreid.errors import VreidError
 from vreid.io import atomic_write_text
 
@@ -71,17 +72,14 @@ def _local(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
-def check_models(refs: Sequence[ModelRef]) -> list[dict[str, Any]]:
+def check_models(refs: Sequence[ModelRef]) -> None:
     """Load every checkpoint once up front: missing files or config mismatches fail before any work."""
     from vreid.train.checkpoint import load_model_for_inference
 
-    infos = []
     for ref in refs:
         if "://" in ref.checkpoint:
             raise VreidError(f"checkpoint {ref.checkpoint}: only local or mounted paths can be read by this job")
-        _model, info = load_model_for_inference(ref.checkpoint)
-        infos.append(info)
-    return infos
+        load_model_for_inference(ref.checkpoint)
 
 
 def load_manifest(path: str | Path, what: str, min_rows: int = 1):
@@ -123,12 +121,10 @@ class EnsembleInputs:
 
 def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     """Run the whole job; returns paths and tables. Needs Ray (``init_ray`` is called)."""
-    import pandas as pd
-
     from vreid import tracking
     from vreid.distributed.batch_inference import extract_ensemble_features
     from vreid.distributed.ray_train import init_ray
-    from vreid.ensemble.submission import validate_track2, write_track2
+    from vreid.ensemble.submission import top_k_from_distance, validate_track2, write_track2
     from vreid.ensemble.views import fuse
     from vreid.evaluate.chain import PostProcessConfig, run_chain
 
@@ -139,7 +135,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     # ---- check everything before any work
     if not inp.models:
         raise VreidError("no models to ensemble")
-    infos = check_models(inp.models + ([ModelRef(inp.camera_checkpoint)] if inp.camera_checkpoint else []))
+    check_models(inp.models + ([ModelRef(inp.camera_checkpoint)] if inp.camera_checkpoint else []))
     chain_cfg = PostProcessConfig.from_yaml(inp.chain) if inp.chain else PostProcessConfig.from_dict({"ensemble": True})
     cv = chain_cfg.camera_verification
     if cv.enabled and cv.source == "clusters" and not inp.camera_checkpoint:
@@ -228,7 +224,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
         q_df, g_df = sets["test_query"], sets["test_gallery"]
         qi, gi = rows_of["test_query"], rows_of["test_gallery"]
         final, _ = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=False, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
-        ranking = _top100(final)
+        ranking = top_k_from_distance(final, k=100)
         provenance = {
             "models": tables["models"],
             "source": inp.source,
@@ -289,16 +285,6 @@ def _rename(row: dict[str, Any]) -> dict[str, Any]:
     return {names.get(k, k): v for k, v in row.items()}
 
 
-def _top100(final: Any) -> np.ndarray:
-    """The chain's result is a distance matrix or an index ranking; return [n_query, 100] indices."""
-    final = np.asarray(final)
-    if np.issubdtype(final.dtype, np.integer):
-        return final[:, :100]
-    from vreid.ensemble.submission import top_k_from_distance
-
-    return top_k_from_distance(final, k=100)
-
-
 def chain_cfg_dict(cfg: Any) -> dict[str, Any]:
     import dataclasses
 
@@ -327,7 +313,7 @@ def _log_mlflow(inp: EnsembleInputs, out: Path, tables: dict[str, Any], metrics:
     run = client.create_run(exp_id, tags=tags)
     rid = run.info.run_id
     params = {"n_models": len(inp.models), "scales": list(inp.scales), "flip": inp.flip,
-              **{f"chain.{k}": v for k, v in tracking_flat(chain_cfg_dict(chain_cfg)).items()}}
+              **{f"chain.{k}": v for k, v in flatten(chain_cfg_dict(chain_cfg)).items()}}
     tracking.log_params(client, rid, params)
     from mlflow.entities import Metric
 
@@ -348,8 +334,3 @@ def _log_mlflow(inp: EnsembleInputs, out: Path, tables: dict[str, Any], metrics:
     client.set_terminated(rid)
     return rid
 
-
-def tracking_flat(d: dict[str, Any]) -> dict[str, Any]:
-    from vreid.config import flatten
-
-    return flatten(d)

@@ -10,7 +10,7 @@ the same is done for the box crop and the two features averaged (sec. IV-C "Crop
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,17 +23,6 @@ from vreid.evaluate.features import _load, _to_tensor, _views_feature
 def decode(path: str) -> Image.Image:
     """Read and decode one image (RGB); the same loader as :func:`vreid.evaluate.features.extract_features`."""
     return _load(path, None, False)
-
-
-def crop_box(img: Image.Image, bbox: Optional[Sequence[int]]) -> Optional[Image.Image]:
-    """The manifest box ([x1, y1, x2, y2], 0-based, end exclusive) clipped to the image; None if empty."""
-    if bbox is None or len(bbox) != 4:
-        return None
-    x1, y1, x2, y2 = (int(v) for v in bbox)
-    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(img.width, x2), min(img.height, y2)
-    if x2 <= x1 or y2 <= y1:
-        return None
-    return img.crop((x1, y1, x2, y2))
 
 
 def to_batch(images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:

@@ -42,13 +42,24 @@ def _load(path: str, box, crop: bool):
             img = im.convert("RGB")
     except (OSError, ValueError) as exc:
         raise DataFormatError(f"{path}: cannot read image ({exc})") from None
-    if crop and box is not None:
-        x1, y1, x2, y2 = box
-        x1, y1 = max(0, x1), max(0, y1)
-        x2, y2 = min(img.width, x2), min(img.height, y2)
-        if x2 > x1 and y2 > y1:  # an empty box after clipping falls back to the whole image
-            img = img.crop((x1, y1, x2, y2))
+    if crop:
+        # an empty box after clipping falls back to the whole image
+        img = crop_to_box(img, box) or img
     return img
+
+
+def crop_to_box(img, box):
+    """``img`` cropped to ``box`` ([x1, y1, x2, y2], 0-based, end exclusive) clipped to the image;
+    None when there is no box or it is empty after clipping."""
+    box = _box(box)
+    if box is None:
+        return None
+    x1, y1, x2, y2 = box
+    x1, y1 = max(0, x1), max(0, y1)
+    x2, y2 = min(img.width, x2), min(img.height, y2)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return img.crop((x1, y1, x2, y2))
 
 
 def _to_tensor(img, image_size):

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 import tempfile
 import time
@@ -213,7 +212,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
     device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
     if not use_gpu:
-        torch.set_num_threads(max(1, int(os.environ.get("VREID_TORCH_THREADS", "0")) or max(1, int(cfg.scaling.cpus_per_worker))))
+        # one thread per whole CPU the worker holds (fractional CPUs: one), unless overridden
+        torch.set_num_threads(int(os.environ.get("VREID_TORCH_THREADS") or max(1, int(cfg.scaling.cpus_per_worker))))
 
     seed_everything(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
 
@@ -396,7 +396,6 @@ def _step_losses(cfg, model, teacher, images, targets, device, ce, triplet, dino
         out = model(images.to(device, non_blocking=True))
         l_ce = ce(out["logits"], targets)
         l_tri = triplet(out["feat_pre"], targets)
-        l_tri = l_tri[0] if isinstance(l_tri, tuple) else l_tri
         loss = s.lambda_ce * l_ce + s.lambda_triplet * l_tri
         return {"loss": loss, "loss_ce": l_ce.detach(), "loss_triplet": l_tri.detach()}
     # SSBVER: views = [global_1, global_2, local_1..local_L]
@@ -406,7 +405,6 @@ def _step_losses(cfg, model, teacher, images, targets, device, ce, triplet, dino
     out = model(globals_)
     l_ce = ce(out["logits"], both_targets)
     l_tri = triplet(out["feat_pre"], both_targets)
-    l_tri = l_tri[0] if isinstance(l_tri, tuple) else l_tri
     student_dino = [out["dino"]]
     if len(views) > 2:
         base = model.module if hasattr(model, "module") else model
