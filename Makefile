@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-fast install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the unit tier: no Ray, no MLflow server, no training run (a test that starts Ray fails here)
+test-fast: $(STAMP)
+	VREID_TEST_TIER=fast $(PY) -m pytest -q -m "not integration" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_eval.py

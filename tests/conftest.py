@@ -126,3 +126,28 @@ def vehiclenet_manifests(demo_data, tmp_path_factory):
     args += ["--target", "cityflow", "--out", str(out)]
     assert main(args) == 0
     return out
+
+
+# --- test tiers -------------------------------------------------------------------------------------
+# `make test-fast` (pytest -m "not integration") runs the unit tier: maths, readers, configs, losses,
+# samplers, selection. A test is integration when it uses a service fixture (a Ray head, an MLflow
+# server) or is marked so by hand; the fast tier also fails any test that starts Ray by itself, so a
+# test that needs Ray cannot hide in it.
+_SERVICE_FIXTURES = {"ray_cluster", "mlflow_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    yield
+    if os.environ.get("VREID_TEST_TIER") == "fast" and "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+            pytest.fail(f"{item.nodeid} started Ray in the fast tier: mark it @pytest.mark.integration")
