@@ -12,9 +12,10 @@ Defaults are the papers' settings:
   naive sampling (Table VIII), fc 512 + BN head, feature = BN output.
 * SSBVER (sec. 4.3), filled in for ``recipe: ssbver`` / ``ssbver_baseline`` wherever the YAML leaves a
   ``stage1`` key unset (:func:`recipe_stage_defaults`): 120 epochs, label smoothing 0.2, P x K batches
-  (P = 16, K = 4), 10 linear warm-up epochs ("rate 0.099"); per backbone family
-  (:mod:`vreid.models.families`): ResNet / ResNet-IBN (and other CNNs) Adam lr 5e-4, wd 1e-3, x0.1 at
-  40/70/100; ViT / Swin / ConvNeXt AdamW + cosine (1e-4 -> 1.6e-5), wd 1e-4. EMA teacher momentum
+  (P = 16, K = 4), 10 linear warm-up epochs ("rate 0.099") and ``optimizer: auto``, which
+  :func:`resolve_stage` turns into the backbone family's (:mod:`vreid.models.families`): ResNet /
+  ResNet-IBN (and other CNNs) Adam lr 5e-4, wd 1e-3, x0.1 at 40/70/100; ViT / Swin / ConvNeXt AdamW +
+  cosine (1e-4 -> 1.6e-5), wd 1e-4. EMA teacher momentum
   0.9995; tau_s = 0.1, tau_t 0.0005 -> 0.001 over the first 10 epochs; SSL head size E per target
   (:func:`ssl_out_dim`: 1024 VeRi-776, 8192 VehicleID, 16384 VeRi-Wild).
 """
@@ -305,49 +306,52 @@ def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
 
 SSBVER_STAGE_DEFAULTS: dict[str, Any] = {
     "epochs": 120, "batch_size": 64, "num_instances": 4, "sampler": "pk", "label_smoothing": 0.2,
-    "warmup_epochs": 10, "warmup_factor": 0.099, "backbone_lr_mult": 1.0,
-    # ResNet / ResNet-IBN
-    "optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-3, "scheduler": "step", "milestones": [40, 70, 100],
-    "gamma": 0.1,
+    "warmup_epochs": 10, "warmup_factor": 0.099, "backbone_lr_mult": 1.0, "optimizer": "auto",
 }
-SSBVER_ADAMW_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw", "lr": 1e-4, "min_lr": 1.6e-5, "weight_decay": 1e-4, "scheduler": "cosine",
+#: SSBVER 4.3 per backbone family, what ``optimizer: auto`` resolves to (:func:`resolve_stage`)
+FAMILY_OPTIMISERS: dict[str, dict[str, Any]] = {
+    "adam": {"optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-3, "scheduler": "step",
+             "milestones": [40, 70, 100], "gamma": 0.1},
+    "adamw": {"optimizer": "adamw", "lr": 1e-4, "min_lr": 1.6e-5, "weight_decay": 1e-4, "scheduler": "cosine"},
 }
 
 
-def recipe_stage_defaults(recipe: str, backbone: str) -> dict[str, Any]:
-    """``stage1`` settings a recipe fills in where the YAML leaves them unset: SSBVER 4.3's for the
-    backbone's family; VehicleNet's are the :class:`StageConfig` defaults themselves."""
+def recipe_stage_defaults(recipe: str) -> dict[str, Any]:
+    """``stage1`` settings a recipe fills in where the YAML leaves them unset (SSBVER 4.3; the optimiser
+    is ``auto``: the backbone family's). VehicleNet's are the :class:`StageConfig` defaults themselves."""
     if recipe not in ("ssbver", "ssbver_baseline"):
         return {}
+    return dict(SSBVER_STAGE_DEFAULTS)
+
+
+def family_optimiser(backbone: str) -> dict[str, Any]:
+    """SSBVER 4.3's optimiser, schedule, learning rate and weight decay for ``backbone``'s family:
+    Adam 5e-4, wd 1e-3, x0.1 at 40/70/100 (ResNet, ResNet-IBN, other CNNs); AdamW, cosine 1e-4 -> 1.6e-5,
+    wd 1e-4 (ViT, Swin, ConvNeXt)."""
     from vreid.models.families import uses_adamw
 
-    out = dict(SSBVER_STAGE_DEFAULTS)
-    if uses_adamw(backbone):
-        out.update(SSBVER_ADAMW_DEFAULTS)
-    return out
+    return dict(FAMILY_OPTIMISERS["adamw" if uses_adamw(backbone) else "adam"])
+
+
+def resolve_stage(stage: "StageConfig", backbone: str) -> "StageConfig":
+    """``optimizer: auto`` -> the backbone family's optimiser settings (:func:`family_optimiser`, which
+    replace the stage's optimizer, lr, weight_decay, scheduler and its milestones or min_lr). Resolved
+    when a stage is built, not when the YAML is read, so a grid over ``model.backbone`` gets each
+    family's settings."""
+    if stage.optimizer != "auto":
+        return stage
+    return dataclasses.replace(stage, **family_optimiser(backbone))
 
 
 def _with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
     recipe = data.get("recipe", "vehiclenet")
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    backbone = model.get("backbone", ModelConfig.backbone)
-    if not isinstance(recipe, str) or not isinstance(backbone, str):
+    stage = data.get("stage1")
+    if not isinstance(recipe, str) or (stage is not None and not isinstance(stage, dict)):
         return data  # _build names the bad value
-    from vreid.models.families import uses_adamw
-
-    out = dict(data)
-    for name in ("stage1", "stage2"):
-        stage = out.get(name)
-        if stage is not None and not isinstance(stage, dict):
-            continue
-        merged = {**(recipe_stage_defaults(recipe, backbone) if name == "stage1" else {}), **(stage or {})}
-        if merged.get("optimizer") == "auto":  # the family's optimiser and schedule (SSBVER 4.3)
-            merged["optimizer"] = "adamw" if uses_adamw(backbone) else "adam"
-            merged["scheduler"] = "cosine" if uses_adamw(backbone) else "step"
-        if merged:
-            out[name] = merged
-    return out
+    defaults = recipe_stage_defaults(recipe)
+    if not defaults:
+        return data
+    return {**data, "stage1": {**defaults, **(stage or {})}}
 
 
 def config_from_dict(data: dict[str, Any], where: str = "<config>") -> RunConfig:

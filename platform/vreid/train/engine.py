@@ -76,7 +76,7 @@ def make_optimizer(groups: list[dict[str, Any]], stage: Any) -> torch.optim.Opti
         return torch.optim.Adam(groups, lr=stage.lr, weight_decay=stage.weight_decay)
     if stage.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
-    raise ValueError(f"optimizer {stage.optimizer!r} was not resolved (config_from_dict resolves 'auto')")
+    raise ValueError(f"optimizer {stage.optimizer!r} was not resolved (vreid.config.resolve_stage resolves 'auto')")
 
 
 def prepare(cfg: RunConfig, stage_name: str, init_checkpoint: Optional[str] = None, rank: int = 0, world: int = 1,
@@ -92,12 +92,12 @@ def prepare(cfg: RunConfig, stage_name: str, init_checkpoint: Optional[str] = No
 
     resolve_target(cfg)
     device = torch.device(device)
-    stage = cfg.stage(stage_name)
     seed_everything(cfg.seed)
     df = read_manifest(train_manifest_path(cfg, stage_name))
     labels = training_labels(df, cfg.data.label_by)
     num_classes = int(labels.max()) + 1
     recipe = recipe_class(cfg.recipe)(cfg, stage_name, num_classes, device, init_checkpoint)
+    stage = recipe.stage  # resolved (optimizer: auto -> the backbone family's)
     transform, collate = recipe.train_transform()
     dataset = ManifestDataset(df.assign(label=labels), transform, use_bbox=cfg.data.use_bbox)
     loader = make_loader(dataset, stage, labels, cfg.seed, world, rank, num_workers=cfg.data.loader_workers,

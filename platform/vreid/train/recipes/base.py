@@ -26,7 +26,9 @@ class Recipe:
                  init_checkpoint: Optional[str] = None):
         self.cfg = cfg
         self.stage_name = stage_name
-        self.stage = cfg.stage(stage_name)
+        from vreid.config import resolve_stage
+
+        self.stage = resolve_stage(cfg.stage(stage_name), cfg.model.backbone)  # optimizer: auto -> the family's
         self.num_classes = int(num_classes)
         self.device = torch.device(device)
         self.init_checkpoint = init_checkpoint
