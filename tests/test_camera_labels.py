@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from vreid.errors import VreidError
-from vreid.train.loop import training_labels
+from vreid.train.data import training_labels
 
 
 def test_camera_labels_are_contiguous_by_sorted_camera():

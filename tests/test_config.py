@@ -71,3 +71,71 @@ def test_warmup_and_cosine():
     assert resolve_stage(cfg.stage1, "resnet50").optimizer == "adam"
     temps = teacher_temp_schedule(0.0005, 0.001, 10, 20)
     assert temps[0] == pytest.approx(0.0005) and temps[9] == pytest.approx(0.001) and temps[19] == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("backbone,family", [
+    ("resnet50", "adam"), ("resnet50_ibn_a", "adam"), ("seresnext101_32x4d", "adam"), ("densenet121", "adam"),
+    ("vit_base_patch16_224", "adamw"), ("swin_base_patch4_window7_224", "adamw"), ("convnext_base", "adamw"),
+    ("cait_s24_224", "adamw"), ("xcit_small_12_p16_224", "adamw"), ("test_vit", "adamw"), ("test_resnet", "adam"),
+])
+def test_ssbver_defaults_are_section_4_3_per_family(backbone, family):
+    """`recipe: ssbver` with nothing else set trains as SSBVER 4.3 says, whatever the backbone."""
+    from vreid.models.families import backbone_family
+
+    for recipe in ("ssbver", "ssbver_baseline"):
+        cfg = config_from_dict({"recipe": recipe, "model": {"backbone": backbone}})
+        s = cfg.stage1
+        assert (s.epochs, s.label_smoothing, s.sampler, s.warmup_epochs, s.warmup_factor) == (120, 0.2, "pk", 10, 0.099)
+        stage = resolve_stage(s, backbone)
+        if family == "adam":
+            assert (stage.optimizer, stage.lr, stage.weight_decay, stage.scheduler, stage.milestones, stage.gamma) \
+                == ("adam", 5e-4, 1e-3, "step", [40, 70, 100], 0.1)
+            assert backbone_family(backbone) in ("resnet", "cnn")
+        else:
+            assert (stage.optimizer, stage.lr, stage.min_lr, stage.weight_decay, stage.scheduler) \
+                == ("adamw", 1e-4, 1.6e-5, 1e-4, "cosine")
+            assert backbone_family(backbone) in ("vit", "swin", "convnext")
+    # a key the YAML sets is kept; VehicleNet keeps its own (SGD) defaults
+    cfg = config_from_dict({"recipe": "ssbver", "model": {"backbone": backbone},
+                            "stage1": {"epochs": 7, "optimizer": "sgd", "lr": 0.01}})
+    assert (cfg.stage1.epochs, cfg.stage1.label_smoothing, resolve_stage(cfg.stage1, backbone).lr) == (7, 0.2, 0.01)
+    assert config_from_dict({"model": {"backbone": backbone}}).stage1.optimizer == "sgd"
+
+
+def test_one_family_list_for_config_and_backbones():
+    """The optimiser defaults and last_stride read the same families (vreid.models.families)."""
+    import torch
+
+    from vreid.models import build_backbone
+
+    convnext, _ = build_backbone("test_convnext", last_stride=1)
+    strides = [m.stride for m in convnext.body.stages[-1].downsample.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2)] and not convnext.last_stride_applied  # ConvNeXt keeps its down-sampling
+    resnet, _ = build_backbone("test_resnet", last_stride=1)
+    assert resnet.last_stride_applied
+    assert resolve_stage(config_from_dict({"recipe": "ssbver"}).stage1, "test_convnext").optimizer == "adamw"
+
+
+def test_target_from_manifests_and_e_per_target(tmp_path):
+    import pandas as pd
+
+    from vreid.config import resolve_target, ssl_out_dim
+    from vreid.data.schema import normalize_manifest, write_manifest
+
+    from vreid.data.schema import COLUMNS
+
+    row = {c: [None] for c in COLUMNS}
+    row.update(path=["a.jpg"], image_name=["a.jpg"], dataset=["vehicleid"], split=["query"], vehicle_id=[1],
+               camera=[-1], label=[-1], source_id=["vehicleid:1"], timestamp=[float("nan")])
+    df = normalize_manifest(pd.DataFrame(row))
+    for name in ("val_query", "val_gallery", "stage1_train", "stage2_train"):
+        write_manifest(df, tmp_path / f"{name}.parquet", {"vehiclenet": {"target": "vehicleid", "role": name}})
+    cfg = config_from_dict({"recipe": "ssbver", "data": {"manifests": str(tmp_path)}})
+    cfg.data = cfg.data.resolved()
+    assert cfg.target is None and resolve_target(cfg).target == "vehicleid"
+    assert ssl_out_dim(cfg) == 8192
+    cfg.target = "veri776"
+    with pytest.raises(ConfigError, match="built for 'vehicleid'"):
+        resolve_target(cfg)
+    assert ssl_out_dim(config_from_dict({"recipe": "ssbver", "target": "veriwild"})) == 16384
+    assert ssl_out_dim(config_from_dict({"recipe": "ssbver", "target": "veriwild", "ssbver": {"dino_out_dim": 64}})) == 64

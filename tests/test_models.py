@@ -294,3 +294,30 @@ def test_measure_efficiency():
     weights_mb = sum(p.numel() * 4 for p in m.parameters()) / 2**20
     assert r["peak_mem_mb"] >= weights_mb
     assert m.training  # mode restored
+
+
+def test_ssl_head_runs_in_fp32_under_autocast():
+    """SSBVER 4.3: the teacher's output is divided by tau_t = 5e-4..1e-3; in half precision its
+    rounding would be an error of order one in the logits, so the SSL head runs in fp32."""
+    torch.manual_seed(0)
+    m = ReidModel("test_resnet", head="bnneck", num_classes=3, dino_out_dim=32, dino_hidden_dim=16,
+                  dino_bottleneck_dim=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+            out = m(x)
+    assert out["dino"].dtype == torch.float32
+    # same input to the head (the pooled feature) -> same output as the fp32 head
+    with torch.no_grad():
+        direct = m.dino_head(out["pooled"].float())
+    assert torch.allclose(out["dino"], direct, atol=1e-6)
+    assert torch.allclose(ref["dino"], m.dino_head(ref["pooled"]), atol=1e-6)
+
+
+def test_one_factory_reads_a_checkpoint_config():
+    """build_model takes the training kwargs or a checkpoint's model_config.json (run keys ignored)."""
+    kw = {"backbone_name": "test_resnet", "head": "bnneck", "num_classes": 5, "img_size": [32, 32]}
+    m = build_model({**kw, "image_size": [32, 32], "recipe": "ssbver", "stage": "stage1", "target": "veri776",
+                     "eval": {"flip": False, "scales": [1.0]}, "pretrained": "/nonexistent.pth"}, pretrained=False)
+    assert m.num_classes == 5 and m.head_name == "bnneck"

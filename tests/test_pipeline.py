@@ -23,8 +23,10 @@ def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
     epoch, so the fault handling is checked on the pipeline's own grid."""
     import os
 
+    from engine_callbacks import WorkerFault, by_value
     from vreid.demo import run_demo
 
+    by_value()
     tmp = tmp_path_factory.mktemp("pipeline")
     out = tmp / "demo"
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
@@ -32,7 +34,7 @@ def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
         result = run_demo(
             out, str(REPO / "search_spaces" / "demo.yaml"), str(REPO / "search_spaces" / "postprocess_demo.yaml"),
             overrides=["stage1.epochs=2", "stage2.epochs=1", "grid.params={'stage1.lr+stage2.lr': [0.05, 0.08, -1.0]}"],
-            extra_config={"inject_fault_after_epoch": 1, "fault_marker": str(tmp / "fault_injected")},
+            extra_config={"callbacks": [WorkerFault(after_epoch=1, marker=str(tmp / "fault_injected"))]},
         )
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)

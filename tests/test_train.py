@@ -13,9 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from engine_callbacks import ShardRecorder, by_value
 from vreid.config import config_from_dict
+
+by_value()  # the recorder callbacks travel to Ray workers by value
 
 
 def tiny_config(manifests: Path, root: Path, **over) -> dict:
@@ -42,19 +46,22 @@ def tiny_config(manifests: Path, root: Path, **over) -> dict:
     return cfg
 
 
-def untrained_map(cfg, num_classes: int, dino: bool = False) -> float:
-    """The same network, same seed, no training: the baseline the trained mAP must beat 3x."""
-    from vreid.models import ReidModel
-    from vreid.train.loop import evaluate_model, model_kwargs, seed_everything
+def untrained_map(cfg, num_classes: int) -> float:
+    """The same network, same seed, no training: the baseline the trained mAP must beat."""
+    from vreid.config import resolve_target
+    from vreid.train.data import seed_everything
+    from vreid.train.recipes import recipe_class
+    from vreid.train.validation import validate
 
+    resolve_target(cfg)
     seed_everything(cfg.seed)
-    model = ReidModel(**model_kwargs(cfg, num_classes))
-    return evaluate_model(model, cfg, torch.device("cpu"))["val_mAP"]
+    recipe = recipe_class(cfg.recipe)(cfg, "stage1", num_classes)
+    return validate(recipe.eval_model(), cfg, torch.device("cpu"))["val_mAP"]
 
 
 def test_vehiclenet_stage1_stage2_learns(ray_cluster, vehiclenet_manifests, tmp_path):
     from vreid.data.schema import read_manifest
-    from vreid.train.run import train_run
+    from vreid.distributed.run import train_run
 
     raw = tiny_config(vehiclenet_manifests, tmp_path)
     cfg = config_from_dict(raw)
@@ -83,7 +90,7 @@ def test_vehiclenet_stage1_stage2_learns(ray_cluster, vehiclenet_manifests, tmp_
 
 def test_ssbver_teacher_learns(ray_cluster, vehiclenet_manifests, tmp_path):
     from vreid.data.schema import read_manifest
-    from vreid.train.run import train_run
+    from vreid.distributed.run import train_run
 
     raw = tiny_config(
         vehiclenet_manifests, tmp_path, recipe="ssbver", name="ssb",
@@ -122,7 +129,7 @@ def test_two_workers_disjoint_shards_identical_params(ray_cluster, vehiclenet_ma
     cfg = config_from_dict(raw)
     cfg.data = cfg.data.resolved()
     debug = tmp_path / "debug"
-    fit_stage(cfg, "stage1", "two-workers", str(tmp_path / "ray"), extra_config={"debug_dir": str(debug)})
+    fit_stage(cfg, "stage1", "two-workers", str(tmp_path / "ray"), extra_config={"callbacks": [ShardRecorder(str(debug))]})
     n = len(read_manifest(cfg.data.stage1_train))
     for epoch in (1, 2):
         r0 = json.loads((debug / f"stage1_e{epoch}_r0.json").read_text())
@@ -143,7 +150,7 @@ def test_two_workers_ssbver_pk_batches_whole_identities(ray_cluster, vehiclenet_
     student (local crops through the same parameters) stays identical across workers."""
     from vreid.data.schema import read_manifest
     from vreid.distributed.ray_train import fit_stage
-    from vreid.train.loop import training_labels
+    from vreid.train.data import training_labels
 
     raw = tiny_config(
         vehiclenet_manifests, tmp_path, recipe="ssbver",
@@ -157,10 +164,135 @@ def test_two_workers_ssbver_pk_batches_whole_identities(ray_cluster, vehiclenet_
     cfg = config_from_dict(raw)
     cfg.data = cfg.data.resolved()
     debug = tmp_path / "debug"
-    fit_stage(cfg, "stage1", "ssb-two", str(tmp_path / "ray"), extra_config={"debug_dir": str(debug)})
+    fit_stage(cfg, "stage1", "ssb-two", str(tmp_path / "ray"), extra_config={"callbacks": [ShardRecorder(str(debug))]})
     labels = training_labels(read_manifest(cfg.data.stage2_train))
     r0 = json.loads((debug / "stage1_e1_r0.json").read_text())
     r1 = json.loads((debug / "stage1_e1_r1.json").read_text())
     ids0, ids1 = set(labels[r0["seen"]].tolist()), set(labels[r1["seen"]].tolist())
     assert ids0 and ids1 and not (ids0 & ids1), "an identity was split across workers"
     assert r0["digests"] and r0["digests"] == r1["digests"]
+
+
+# -- the engine and recipes without Ray ----------------------------------------------------------------
+def tiny_ssbver_cfg(**ssbver):
+    return config_from_dict({
+        "recipe": "ssbver", "seed": 0, "data": {"image_size": [32, 32]},
+        "model": {"backbone": "test_resnet"},
+        "stage1": {"epochs": 2, "batch_size": 8, "num_instances": 2, "lr": 1e-3},
+        "ssbver": {"n_local": 2, "local_size": [16, 16], "dino_out_dim": 16, "dino_hidden_dim": 32,
+                   "dino_bottleneck_dim": 8, "ema_momentum": 0.9, **ssbver},
+    })
+
+
+def _bn_modules(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+def test_teacher_bn_statistics_are_its_own_global_views_only():
+    """SSBVER 3.1 / DINO: the EMA covers parameters; the teacher's BN running statistics come from the
+    global views forwarded through the teacher in train mode, never from the student's local crops."""
+    import copy
+
+    from vreid.train.engine import make_optimizer
+    from vreid.train.recipes import SSBVERRecipe
+
+    torch.manual_seed(0)
+    cfg = tiny_ssbver_cfg()
+    recipe = SSBVERRecipe(cfg, "stage1", num_classes=4)
+    g1, g2 = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    # local crops from a visibly different distribution, so statistics that saw them are recognisable
+    l1, l2 = torch.randn(8, 3, 16, 16) * 3 + 2, torch.randn(8, 3, 16, 16) * 3 + 2
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    reference = copy.deepcopy(recipe.teacher).train()
+    with torch.no_grad():
+        reference(torch.cat([g1, g2]))  # what the teacher's statistics must be after the step
+    teacher_before = {n: p.detach().clone() for n, p in recipe.teacher.named_parameters()}
+    opt = make_optimizer(recipe.param_groups(), cfg.stage1)
+    recipe.train()
+    losses = recipe.losses(([g1, g2, l1, l2], targets, torch.arange(8)), epoch=0)
+    opt.zero_grad()
+    losses["loss"].backward()
+    opt.step()
+    recipe.after_step()
+    t_bn, r_bn, s_bn = _bn_modules(recipe.teacher), _bn_modules(reference), _bn_modules(recipe.model)
+    assert t_bn
+    for name, m in t_bn.items():
+        assert torch.allclose(m.running_mean, r_bn[name].running_mean, atol=1e-6), name
+        assert torch.allclose(m.running_var, r_bn[name].running_var, atol=1e-6), name
+    # the student's statistics saw the local crops: they are not the teacher's
+    stem = "backbone.body.bn1"
+    assert not torch.allclose(t_bn[stem].running_mean, s_bn[stem].running_mean, atol=1e-3)
+    # parameters: theta_t = m theta_t + (1 - m) theta_s
+    s_params = dict(recipe.model.named_parameters())
+    for name, p in recipe.teacher.named_parameters():
+        expected = 0.9 * teacher_before[name] + 0.1 * s_params[name].detach()
+        assert torch.allclose(p, expected, atol=1e-6), name
+
+
+def test_ssl_settings_reach_the_model_and_the_loss():
+    """Every ssbver key does something: non-default sizes change the built head, the centre
+    momentum reaches the loss, and E follows the target unless set."""
+    from vreid.models.heads import WeightNormLinear
+    from vreid.train.recipes import SSBVERRecipe
+
+    cfg = tiny_ssbver_cfg(dino_out_dim=24, dino_hidden_dim=40, dino_bottleneck_dim=12, dino_mlp_layers=2,
+                          center_momentum=0.5)
+    recipe = SSBVERRecipe(cfg, "stage1", num_classes=4)
+    linears = [m for m in recipe.model.dino_head.mlp.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(recipe.model.backbone_dim, 40), (40, 12)]
+    last = recipe.model.dino_head.last_layer
+    assert isinstance(last, WeightNormLinear) and tuple(last.weight_v.shape) == (24, 12)
+    assert recipe.dino.center_momentum == 0.5 and recipe.dino.out_dim == 24
+    # E per target (SSBVER 4.3) when unset
+    for target, e in (("veri776", 1024), ("vehicleid", 8192), ("veriwild", 16384)):
+        cfg = tiny_ssbver_cfg(dino_out_dim=None)
+        cfg.target = target
+        assert SSBVERRecipe(cfg, "stage1", num_classes=4).model.dino_head.out_dim == e
+
+
+def test_ssbver_is_evaluated_with_one_teacher_pass():
+    from vreid.evaluate.features import default_views
+    from vreid.train.recipes import SSBVERBaselineRecipe, SSBVERRecipe
+    from vreid.train.validation import eval_views
+
+    cfg = tiny_ssbver_cfg()
+    assert eval_views(cfg) == (False, (1.0,))
+    recipe = SSBVERRecipe(cfg, "stage1", num_classes=4)
+    assert recipe.eval_model() is recipe.teacher
+    sd, model_config = recipe.export()
+    assert model_config["eval"]["flip"] is False and model_config["eval"]["scales"] == [1.0]
+    assert not any(k.startswith("dino_head.") for k in sd) and model_config["dino_out_dim"] is None
+    cfg.eval.flip = True  # ... unless the config asks
+    assert eval_views(cfg) == (True, (1.0,))
+    assert default_views("vehiclenet", "cityflow") == (True, (1.0, 0.9, 0.8))
+    assert default_views("vehiclenet", "veri776") == (True, (1.0,))
+    assert SSBVERBaselineRecipe(tiny_ssbver_cfg(), "stage1", num_classes=4).eval_model() is not None
+
+
+def test_engine_fits_a_recipe_without_ray(vehiclenet_manifests, tmp_path):
+    """prepare + fit in this process (no Ray): losses fall, validation runs, callbacks see every
+    step and epoch, and a checkpoint saved by the engine loads as the exported model."""
+    from vreid.train import engine
+    from vreid.train.checkpoint import load_model_for_inference
+
+    raw = tiny_config(vehiclenet_manifests, tmp_path, **{"stage1.epochs": 2, "data.image_size": [32, 32]})
+    cfg = config_from_dict(raw)
+    cfg.data = cfg.data.resolved()
+    stage = engine.prepare(cfg, "stage1")
+    seen: list = []
+
+    class Record:
+        def on_step_end(self, ctx):
+            seen.append(("step", ctx.epoch, ctx.step))
+
+        def on_epoch_end(self, ctx):
+            seen.append(("epoch", ctx.epoch, dict(ctx.metrics)))
+
+    metrics = engine.fit(stage, callbacks=[Record()])
+    epochs = [s for s in seen if s[0] == "epoch"]
+    assert [e[1] for e in epochs] == [0, 1] and len(seen) == 2 + 2 * len(stage.loader)
+    assert epochs[1][2]["loss"] < epochs[0][2]["loss"]
+    assert 0 <= metrics["val_mAP"] <= 1 and cfg.target == "cityflow"
+    engine.save_stage_checkpoint(tmp_path / "ck", stage.recipe, stage.optimizer, 1, metrics)
+    model, info = load_model_for_inference(tmp_path / "ck")
+    assert info["recipe"] == "vehiclenet" and info["eval"] == {"flip": True, "scales": [1.0, 0.9, 0.8], "metric": "cosine"}

@@ -10,9 +10,14 @@ Defaults are the papers' settings:
 * VehicleNet (sec. V-A): SGD, momentum 0.9, weight decay 1e-4 (5e-4 for the AI City runs), lr 0.02
   divided by 10 at epoch 40 of Stage-I (60 epochs) and epoch 8 of Stage-II (12 epochs), batch 36,
   naive sampling (Table VIII), fc 512 + BN head, feature = BN output.
-* SSBVER (sec. 4.3): 120 epochs, label smoothing 0.2, Adam lr 5e-4, wd 1e-3, x0.1 at 40/70/100 for
-  ResNets; AdamW + cosine (1e-4 -> 1.6e-5), wd 1e-4 for transformers; 10 linear warm-up epochs; EMA
-  teacher momentum 0.9995; tau_s = 0.1, tau_t 0.0005 -> 0.001 over the first 10 epochs; E = 1024 for VeRi.
+* SSBVER (sec. 4.3), filled in for ``recipe: ssbver`` / ``ssbver_baseline`` wherever the YAML leaves a
+  ``stage1`` key unset (:func:`recipe_stage_defaults`): 120 epochs, label smoothing 0.2, P x K batches
+  (P = 16, K = 4), 10 linear warm-up epochs ("rate 0.099") and ``optimizer: auto``, which
+  :func:`resolve_stage` turns into the backbone family's (:mod:`vreid.models.families`): ResNet /
+  ResNet-IBN (and other CNNs) Adam lr 5e-4, wd 1e-3, x0.1 at 40/70/100; ViT / Swin / ConvNeXt AdamW +
+  cosine (1e-4 -> 1.6e-5), wd 1e-4. EMA teacher momentum
+  0.9995; tau_s = 0.1, tau_t 0.0005 -> 0.001 over the first 10 epochs; SSL head size E per target
+  (:func:`ssl_out_dim`: 1024 VeRi-776, 8192 VehicleID, 16384 VeRi-Wild).
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ import yaml
 from vreid.errors import ConfigError
 
 RECIPES = ("vehiclenet", "ssbver", "ssbver_baseline")
-TRANSFORMER_PREFIXES = ("vit", "deit", "swin", "convnext", "test_vit", "test_convnext", "eva", "beit")
+TARGETS = ("cityflow", "veri776", "vehicleid", "veriwild")
+#: SSBVER 4.3: "the output dimensionality of the SSL head E is set to 1024, 8192 and 16384 for the VeRi,
+#: VehicleID and VeRiWild datasets"; CityFlow (not in the paper) gets VeRi's, the closest in size.
+SSL_OUT_DIM = {"veri776": 1024, "vehicleid": 8192, "veriwild": 16384, "cityflow": 1024}
 
 
 @dataclass
@@ -88,8 +96,8 @@ class StageConfig:
     batch_size: int = 36
     lr: float = 0.02
     backbone_lr_mult: float = 0.1  # the authors' code trains pretrained layers at 0.1 x lr
-    # "auto": SSBVER 4.3 per backbone family - Adam + step decay for ResNets, AdamW + cosine
-    # (lr 1e-4 -> 1.6e-5, weight decay 1e-4) for ViT / Swin / ConvNeXt
+    # "auto": SSBVER 4.3's optimiser and schedule of the backbone family - Adam + step decay for
+    # ResNets, AdamW + cosine for ViT / Swin / ConvNeXt (resolved when the config is loaded)
     optimizer: Literal["sgd", "adam", "adamw", "auto"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -114,9 +122,11 @@ class SSBVERConfig:
     ema_momentum: float = 0.9995
     n_local: int = 4  # Fig. 7: best at L = 4
     local_size: list[int] = field(default_factory=lambda: [96, 96])
-    dino_out_dim: int = 1024  # E: 1024 VeRi, 8192 VehicleID, 16384 VeRi-Wild
+    dino_out_dim: Optional[int] = None  # E; None: per target (1024 VeRi, 8192 VehicleID, 16384 VeRi-Wild)
     dino_hidden_dim: int = 2048
     dino_bottleneck_dim: int = 256
+    dino_mlp_layers: int = 3  # linear layers before the weight-normalised last one (DINO's nlayers)
+    center_momentum: float = 0.9  # DINO's centre EMA
     student_temp: float = 0.1
     warmup_teacher_temp: float = 0.0005
     teacher_temp: float = 0.001
@@ -126,8 +136,13 @@ class SSBVERConfig:
 
 @dataclass
 class EvalConfig:
-    flip: bool = True
-    scales: list[float] = field(default_factory=lambda: [1.0])
+    """Validation views; None: the recipe's and target's protocol (:func:`vreid.evaluate.features.default_views`:
+    SSBVER one pass of the teacher, VehicleNet the flipped mean, on CityFlow also scales 1, 0.9, 0.8)."""
+
+    flip: Optional[bool] = None
+    scales: Optional[list[float]] = None
+    vehicleid_draws: int = 10  # VehicleID validation: seeded gallery draws (the protocol's 10)
+    vehicleid_seed: int = 0
     batch_size: int = 64
     metric: Literal["cosine", "euclidean"] = "cosine"
 
@@ -171,7 +186,8 @@ class RunConfig:
     name: str = "run"
     recipe: Literal["vehiclenet", "ssbver", "ssbver_baseline"] = "vehiclenet"
     seed: int = 0
-    target: str = "cityflow"
+    # the dataset the run is validated on; None: the one the manifests record (vreid data vehiclenet --target)
+    target: Optional[Literal["cityflow", "veri776", "vehicleid", "veriwild"]] = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stage1: StageConfig = field(default_factory=StageConfig)
@@ -288,12 +304,92 @@ def _build(cls: type, data: dict[str, Any], prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
+SSBVER_STAGE_DEFAULTS: dict[str, Any] = {
+    "epochs": 120, "batch_size": 64, "num_instances": 4, "sampler": "pk", "label_smoothing": 0.2,
+    "warmup_epochs": 10, "warmup_factor": 0.099, "backbone_lr_mult": 1.0, "optimizer": "auto",
+}
+#: SSBVER 4.3 per backbone family, what ``optimizer: auto`` resolves to (:func:`resolve_stage`)
+FAMILY_OPTIMISERS: dict[str, dict[str, Any]] = {
+    "adam": {"optimizer": "adam", "lr": 5e-4, "weight_decay": 1e-3, "scheduler": "step",
+             "milestones": [40, 70, 100], "gamma": 0.1},
+    "adamw": {"optimizer": "adamw", "lr": 1e-4, "min_lr": 1.6e-5, "weight_decay": 1e-4, "scheduler": "cosine"},
+}
+
+
+def recipe_stage_defaults(recipe: str) -> dict[str, Any]:
+    """``stage1`` settings a recipe fills in where the YAML leaves them unset (SSBVER 4.3; the optimiser
+    is ``auto``: the backbone family's). VehicleNet's are the :class:`StageConfig` defaults themselves."""
+    if recipe not in ("ssbver", "ssbver_baseline"):
+        return {}
+    return dict(SSBVER_STAGE_DEFAULTS)
+
+
+def family_optimiser(backbone: str) -> dict[str, Any]:
+    """SSBVER 4.3's optimiser, schedule, learning rate and weight decay for ``backbone``'s family:
+    Adam 5e-4, wd 1e-3, x0.1 at 40/70/100 (ResNet, ResNet-IBN, other CNNs); AdamW, cosine 1e-4 -> 1.6e-5,
+    wd 1e-4 (ViT, Swin, ConvNeXt)."""
+    from vreid.models.families import uses_adamw
+
+    return dict(FAMILY_OPTIMISERS["adamw" if uses_adamw(backbone) else "adam"])
+
+
+def resolve_stage(stage: "StageConfig", backbone: str) -> "StageConfig":
+    """``optimizer: auto`` -> the backbone family's optimiser settings (:func:`family_optimiser`, which
+    replace the stage's optimizer, lr, weight_decay, scheduler and its milestones or min_lr). Resolved
+    when a stage is built, not when the YAML is read, so a grid over ``model.backbone`` gets each
+    family's settings."""
+    if stage.optimizer != "auto":
+        return stage
+    return dataclasses.replace(stage, **family_optimiser(backbone))
+
+
+def _with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    recipe = data.get("recipe", "vehiclenet")
+    stage = data.get("stage1")
+    if not isinstance(recipe, str) or (stage is not None and not isinstance(stage, dict)):
+        return data  # _build names the bad value
+    defaults = recipe_stage_defaults(recipe)
+    if not defaults:
+        return data
+    return {**data, "stage1": {**defaults, **(stage or {})}}
+
+
 def config_from_dict(data: dict[str, Any], where: str = "<config>") -> RunConfig:
+    """A validated :class:`RunConfig` from a mapping; the recipe's stage defaults fill unset keys."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
-    cfg = _build(RunConfig, data, "", where)
+    cfg = _build(RunConfig, _with_recipe_defaults(data), "", where)
     validate(cfg, where)
     return cfg
+
+
+def manifest_target(cfg: RunConfig) -> Optional[str]:
+    """The target recorded in the manifests by ``vreid data vehiclenet --target`` (None if none is)."""
+    from vreid.data.schema import read_manifest_metadata
+
+    for path in (cfg.data.val_query, cfg.data.stage2_train, cfg.data.stage1_train):
+        if path and "://" not in str(path) and Path(path).is_file():
+            target = (read_manifest_metadata(path).get("vehiclenet") or {}).get("target")
+            if target:
+                return str(target)
+    return None
+
+
+def resolve_target(cfg: RunConfig, where: str = "<config>") -> RunConfig:
+    """Fill ``target`` from the manifests; a ``target`` that contradicts them fails naming both."""
+    recorded = manifest_target(cfg)
+    if recorded and cfg.target and recorded != cfg.target:
+        raise ConfigError(f"{where}: 'target' is {cfg.target!r} but the manifests were built for "
+                          f"{recorded!r} (vreid data vehiclenet --target {recorded})")
+    if recorded and recorded not in TARGETS:
+        raise ConfigError(f"{where}: the manifests record target {recorded!r}; expected one of {list(TARGETS)}")
+    cfg.target = cfg.target or recorded
+    return cfg
+
+
+def ssl_out_dim(cfg: RunConfig) -> int:
+    """SSBVER's E: ``ssbver.dino_out_dim`` if set, else the target's (:data:`SSL_OUT_DIM`; VeRi's if unknown)."""
+    return int(cfg.ssbver.dino_out_dim or SSL_OUT_DIM[cfg.target or "veri776"])
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -341,7 +437,7 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
         set_dotted(data, key, value)
     cfg = config_from_dict(data, str(path))
     cfg.data = cfg.data.resolved(Path.cwd())
-    return cfg
+    return resolve_target(cfg, str(path))
 
 
 def validate(cfg: RunConfig, where: str) -> None:
@@ -363,6 +459,14 @@ def validate(cfg: RunConfig, where: str) -> None:
             )
     if cfg.recipe != "vehiclenet" and cfg.stage1.sampler != "pk":
         raise ConfigError(f"{where}: recipe '{cfg.recipe}' needs 'stage1.sampler: pk' (batch-hard triplet)")
+    if cfg.ssbver.dino_out_dim is not None and cfg.ssbver.dino_out_dim < 1:
+        raise ConfigError(f"{where}: 'ssbver.dino_out_dim' must be >= 1 (or unset: the target's E)")
+    if cfg.ssbver.dino_mlp_layers < 1:
+        raise ConfigError(f"{where}: 'ssbver.dino_mlp_layers' must be >= 1, got {cfg.ssbver.dino_mlp_layers}")
+    if not 0.0 <= cfg.ssbver.center_momentum < 1.0:
+        raise ConfigError(f"{where}: 'ssbver.center_momentum' must be in [0, 1), got {cfg.ssbver.center_momentum}")
+    if cfg.eval.scales is not None and (not cfg.eval.scales or any(v <= 0 for v in cfg.eval.scales)):
+        raise ConfigError(f"{where}: 'eval.scales' must be a non-empty list of positive factors, got {cfg.eval.scales}")
     if cfg.scaling.num_workers < 1:
         raise ConfigError(f"{where}: 'scaling.num_workers' must be >= 1")
     if cfg.grid is not None:
@@ -384,19 +488,6 @@ def _check_dotted_key(dotted: str, where: str) -> None:
         tp = hints[part]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         cls = args[0] if typing.get_origin(tp) is Union and args else tp
-
-
-def is_transformer(backbone: str) -> bool:
-    return backbone.lower().startswith(TRANSFORMER_PREFIXES)
-
-
-def resolve_stage(stage: StageConfig, backbone: str) -> StageConfig:
-    """Apply ``optimizer: auto`` (SSBVER 4.3's per-family optimisers) to a stage config."""
-    if stage.optimizer != "auto":
-        return stage
-    if is_transformer(backbone):
-        return dataclasses.replace(stage, optimizer="adamw", scheduler="cosine", lr=1e-4, min_lr=1.6e-5, weight_decay=1e-4)
-    return dataclasses.replace(stage, optimizer="adam", scheduler="step")
 
 
 def dump_config(cfg: RunConfig) -> str:

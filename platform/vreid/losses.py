@@ -171,6 +171,12 @@ class DINOLoss(nn.Module):
         return float(self.teacher_temp_schedule[int(epoch)])
 
     def forward(self, student_outputs, teacher_outputs, epoch: int) -> torch.Tensor:
+        """Computed in fp32 with autocast off (a softmax of ``g / 5e-4`` in half precision is noise)."""
+        device_type = (teacher_outputs if isinstance(teacher_outputs, torch.Tensor) else teacher_outputs[0]).device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            return self._forward(student_outputs, teacher_outputs, epoch)
+
+    def _forward(self, student_outputs, teacher_outputs, epoch: int) -> torch.Tensor:
         student = self._chunks(student_outputs, self.n_global + self.n_local, "student")
         teacher = self._chunks(teacher_outputs, self.n_global, "teacher")
         teacher_cat = torch.cat(teacher).detach().float()

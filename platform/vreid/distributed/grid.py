@@ -34,7 +34,7 @@ def grid_trial(config: dict[str, Any]) -> None:
     from vreid.distributed.ray_train import run_recipe, storage_path_for
     from vreid.models import measure_efficiency
     from vreid.train.checkpoint import load_model_for_inference
-    from vreid.train.run import start_mlflow_run
+    from vreid.distributed.run import start_mlflow_run
 
     ctx = ray.tune.get_context()
     trial_id = ctx.get_trial_id()
@@ -161,7 +161,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
 
     from vreid import tracking
     from vreid.distributed.ray_train import init_ray, storage_path_for
-    from vreid.train.run import start_mlflow_run
+    from vreid.distributed.run import start_mlflow_run
 
     if cfg.grid is None or not cfg.grid.params:
         raise VreidError("this config has no 'grid.params' section to sweep")

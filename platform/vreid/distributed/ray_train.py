@@ -1,7 +1,14 @@
 """Launch recipes on Ray Train (needs a Ray cluster; :func:`init_ray` starts or joins one).
 
+The adapter between Ray Train and the Ray-free engine (:mod:`vreid.train.engine`):
+:func:`train_loop_per_worker` reads the Train context (rank, world size, device), builds the stage with
+``engine.prepare``, resumes from Ray's checkpoint, wraps the student with ``prepare_model`` (DDP) when
+there are several workers, and runs ``engine.fit`` with :class:`RayReport` (rank 0 writes a checkpoint;
+every rank calls ``ray.train.report``, a barrier) followed by any callbacks passed in the loop config's
+``callbacks`` (tests inject faults this way).
+
 A recipe is a sequence of stages (VehicleNet: ``stage1`` then ``stage2``; SSBVER: ``stage1``), each one
-``TorchTrainer`` run of :func:`vreid.train.loop.train_loop_per_worker` named ``<name>-<stage>`` under
+``TorchTrainer`` run of :func:`train_loop_per_worker` named ``<name>-<stage>`` under
 ``storage_path``. Ray Train resumes a run with the same (storage_path, name) from its last checkpoint,
 and a finished stage leaves ``vreid_stage.json`` beside its checkpoints, so re-running an interrupted
 recipe with the same name skips finished stages and resumes the unfinished one.
@@ -18,6 +25,67 @@ from vreid.config import RunConfig
 from vreid.errors import VreidError
 
 STAGE_MARKER = "vreid_stage.json"
+
+
+class RayReport:
+    """Engine callback: at the end of each epoch rank 0 saves a checkpoint (exported model + resume
+    state) and every rank reports the metrics to Ray Train with it."""
+
+    def on_epoch_end(self, ctx) -> None:
+        import shutil
+        import tempfile
+
+        import ray.train
+        from ray.train import Checkpoint
+
+        from vreid.train.engine import save_stage_checkpoint
+
+        checkpoint, tmp = None, None
+        if ctx.rank == 0:
+            tmp = tempfile.mkdtemp(prefix="vreid-ckpt-")
+            save_stage_checkpoint(tmp, ctx.recipe, ctx.optimizer, ctx.epoch, ctx.metrics)
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(ctx.metrics, checkpoint=checkpoint)
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: ``config`` carries ``run`` (a RunConfig dict), ``stage``, optionally
+    ``init_checkpoint`` (Stage-II starts from Stage-I) and ``callbacks`` (engine callbacks)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from vreid.config import config_from_dict
+    from vreid.train import engine
+    from vreid.train.checkpoint import load_state
+
+    cfg = config_from_dict(config["run"], "<trainer config>")
+    stage_name: str = config["stage"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    use_gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
+    device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+    if not use_gpu:
+        # one thread per whole CPU the worker holds (fractional CPUs: one), unless overridden
+        torch.set_num_threads(int(os.environ.get("VREID_TORCH_THREADS") or max(1, int(cfg.scaling.cpus_per_worker))))
+    stage = engine.prepare(cfg, stage_name, init_checkpoint=config.get("init_checkpoint"), rank=rank, world=world,
+                           device=device, amp=use_gpu and cfg.scaling.mixed_precision)
+    if rank == 0 and stage.recipe.notes.get("dropped_classifier"):
+        print(f"[vreid] {stage_name}: loaded {config.get('init_checkpoint')}; replaced the classifier: "
+              f"{stage.recipe.notes['dropped_classifier']}", flush=True)
+    start_epoch = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            start_epoch = engine.restore(stage, load_state(d))
+        if rank == 0:
+            print(f"[vreid] {stage_name}: resumed after epoch {start_epoch} from {ckpt.path}", flush=True)
+    if world > 1:
+        stage.recipe.train_model = ray.train.torch.prepare_model(stage.recipe.model, move_to_device=False)
+    callbacks = [RayReport(), *(config.get("callbacks") or [])]
+    engine.fit(stage, start_epoch=start_epoch, callbacks=callbacks, rank=rank, world=world)
 
 
 def init_ray(num_cpus: Optional[float] = None, address: Optional[str] = None, **kwargs: Any) -> None:
@@ -75,8 +143,6 @@ def fit_stage(
     """Run one stage as a TorchTrainer and return ``{"checkpoint": path, "metrics": {...}}``."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from vreid.train.loop import train_loop_per_worker
 
     s = cfg.scaling
     resources: dict[str, float] = {"CPU": s.cpus_per_worker}

@@ -30,6 +30,13 @@ def register(subparsers) -> None:
     p.add_argument("--draws", type=int, default=10, help="VehicleID: number of seeded gallery draws")
     p.add_argument("--seed", type=int, default=0, help="VehicleID: seed of the draws")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --checkpoint: add the horizontally flipped image's feature (default: the "
+                        "recipe's protocol -- VehicleNet yes, SSBVER no)")
+    p.add_argument("--scales", type=_scales, default=None, metavar="S[,S...]",
+                   help="with --checkpoint: area scale factors, e.g. 1,0.9,0.8 (default: the recipe's protocol "
+                        "-- VehicleNet on cityflow 1,0.9,0.8, otherwise 1)")
+    p.add_argument("--json", dest="json_out", help="also write the protocol's rows (full precision) to this JSON file")
     p.add_argument("--save-features", help="with --checkpoint: save the extracted features into this folder")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_evaluate)
@@ -42,6 +49,25 @@ def register(subparsers) -> None:
     c.add_argument("--queries", type=int, required=True, help="number of queries (1052 for AI City)")
     c.add_argument("--gallery", type=int, required=True, help="number of gallery images (18290 for AI City)")
     c.set_defaults(func=_check_submission)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"scales must be positive area factors, got {text!r}")
+    return values
+
+
+def checkpoint_views(info: dict, protocol: str, flip=None, scales=None) -> tuple[bool, tuple[float, ...]]:
+    """The views a checkpoint is evaluated with: the recipe's defaults on this protocol
+    (:func:`vreid.evaluate.features.default_views`), then the ``--flip`` / ``--scales`` overrides."""
+    from vreid.evaluate.features import default_views
+
+    d_flip, d_scales = default_views(info.get("recipe"), protocol)
+    return (d_flip if flip is None else bool(flip)), tuple(d_scales if scales is None else scales)
 
 
 def _read_manifest(path: str):
@@ -93,7 +119,8 @@ def _features_from_checkpoint(ckpt: str, q_df, g_df, args, want_crops: bool):
 
     model, info = load_model_for_inference(ckpt)
     size = tuple(info.get("image_size", (256, 256)))
-    kw = dict(image_size=size, batch_size=args.batch_size, progress=not args.no_progress)
+    flip, scales = checkpoint_views(info, args.protocol, args.flip, args.scales)
+    kw = dict(image_size=size, batch_size=args.batch_size, progress=not args.no_progress, flip=flip, scales=scales)
     qf = extract_features(model, q_df, use_bbox=False, **kw)
     gf = extract_features(model, g_df, use_bbox=False, **kw)
     crops = [None, None]
@@ -148,6 +175,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.split:
             rows[0]["setting"] = args.split
     print(protocols.format_rows(rows))
+    if args.json_out:
+        import json
+
+        from vreid.io import atomic_write_text
+
+        atomic_write_text(args.json_out, json.dumps(rows, indent=2, default=float) + "\n")
 
     if config is not None:
         if args.protocol == "veriwild" and args.same_camera:

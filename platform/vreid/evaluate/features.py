@@ -88,6 +88,26 @@ def _views_feature(model, x, scales: Sequence[float], flip: bool):
     return total
 
 
+#: AI City / CityFlow: VehicleNet sec. V-B "horizontal flip and scale jittering ... [1, 0.9, 0.8]"
+AICITY_SCALES = (1.0, 0.9, 0.8)
+
+
+def default_views(recipe: str | None, protocol: str | None) -> tuple[bool, tuple[float, ...]]:
+    """``(flip, scales)`` a recipe is evaluated with on a protocol, unless asked otherwise.
+
+    * ``ssbver`` / ``ssbver_baseline``: one forward pass of the teacher (SSBVER sec. 3.4 / 4.2 evaluate the
+      teacher; the paper names no test-time augmentation and stresses "a forward pass of a single DNN").
+    * ``vehiclenet`` (and a checkpoint without a recipe) on ``cityflow``: flip x scales 1, 0.9, 0.8
+      (VehicleNet sec. V-B, the AI City runs).
+    * ``vehiclenet`` on VeRi-776 / VehicleID / VeRi-Wild: the mean of the image and its flip (sec. V-A).
+    """
+    if recipe in ("ssbver", "ssbver_baseline"):
+        return False, (1.0,)
+    if protocol == "cityflow":
+        return True, AICITY_SCALES
+    return True, (1.0,)
+
+
 def extract_features(model, manifest_df, image_size=(256, 256), scales=(1.0, 0.9, 0.8), flip: bool = True,
                      batch_size: int = 64, use_bbox: bool = True, crop_average: bool = False,
                      device: str = "cpu", progress: bool = True) -> np.ndarray:
@@ -213,4 +233,4 @@ def load_features(path):
     return np.asarray(feats), table.to_pandas()
 
 
-__all__ = ["extract_features", "detect_boxes", "save_features", "load_features"]
+__all__ = ["default_views", "extract_features", "detect_boxes", "save_features", "load_features"]

@@ -25,13 +25,11 @@ import torch
 import torch.nn as nn
 
 from vreid.errors import ConfigError, VreidError
+from vreid.models.families import LAST_STRIDE_FAMILIES, backbone_family
 from vreid.models.ibn import IBN_A_URLS, is_ibn_a, resnet_ibn_a
 
 PretrainedArg = Union[bool, str, os.PathLike, None]
 
-#: Architecture families whose ``forward_features`` ends right before pooling + classifier, so the last
-#: feature map is returned as is. Other models go through timm's own ``forward_head(pre_logits=True)``.
-_TRANSFORMER_HINTS = ("vit", "deit", "swin", "beit", "eva", "cait", "xcit", "levit", "pvt", "twins", "crossvit")
 
 
 class Backbone(nn.Module):
@@ -103,7 +101,8 @@ def set_last_stride(body: nn.Module, last_stride: int) -> bool:
     ResNet family (incl. IBN-a, SE-ResNeXt, SENet-154): convs / pools of ``layer4[0]`` (3x3 conv and the
     downsample). DenseNet: the last transition's 2x2 average pool becomes identity (stride 1).
     ConvNeXt: the last stage's 2x2 patchify conv gets stride 1 (its output is one pixel smaller).
-    Transformers have no such stage: returns False.
+    Transformers have no such stage: returns False. :func:`build_backbone` calls this for the ``resnet``
+    family only (:mod:`vreid.models.families`); the other cases are here for explicit callers.
     """
     if last_stride not in (1, 2):
         raise ConfigError(f"model.last_stride: expected 1 or 2, got {last_stride!r}")
@@ -137,7 +136,9 @@ def build_backbone(name: str, pretrained: PretrainedArg = False, last_stride: in
     ``test_resnet`` ...) or ``resnet{18,34,50,101}_ibn_a``.
     ``pretrained``: False (random init), True (weights from the local caches, see module docstring) or a
     path to a local weights file. ``last_stride``: 1 or 2 (see :func:`set_last_stride`; ignored by
-    transformers). ``img_size``: (h, w) passed to transformers (with ``dynamic_img_size=True`` where timm
+    transformers). Applied to the ``resnet`` family only (see :mod:`vreid.models.families`): for any other
+    family the model keeps timm's strides and ``last_stride_applied`` is False.
+    ``img_size``: (h, w) passed to transformers (with ``dynamic_img_size=True`` where timm
     supports it, so any input size works).
 
     Returns ``(backbone, feat_dim)`` where ``feat_dim`` is the pooled feature size.
@@ -152,9 +153,13 @@ def build_backbone(name: str, pretrained: PretrainedArg = False, last_stride: in
         body = _create_timm(name, img_size)
     feat_dim = int(getattr(body, "head_hidden_size", None) or body.num_features)
     backbone = Backbone(body, name, feat_dim)
-    backbone.last_stride_applied = set_last_stride(body, last_stride)
-    if not backbone.last_stride_applied and last_stride == 1 and not _looks_like_transformer(name):
-        warnings.warn(f"backbone {name!r}: no last down-sampling stage found; last_stride=1 ignored", stacklevel=2)
+    if last_stride not in (1, 2):
+        raise ConfigError(f"model.last_stride: expected 1 or 2, got {last_stride!r}")
+    family = backbone_family(name)
+    if family in LAST_STRIDE_FAMILIES:
+        backbone.last_stride_applied = set_last_stride(body, last_stride)
+        if not backbone.last_stride_applied and last_stride == 1:
+            warnings.warn(f"backbone {name!r}: no layer4 found; last_stride=1 ignored", stacklevel=2)
     if pretrained is True:
         path = find_cached_weights(name)
         if path is None:
@@ -163,10 +168,6 @@ def build_backbone(name: str, pretrained: PretrainedArg = False, last_stride: in
     elif pretrained not in (False, None):
         backbone.pretrained_report = load_pretrained(backbone, Path(pretrained))
     return backbone, feat_dim
-
-
-def _looks_like_transformer(name: str) -> bool:
-    return name.lower().startswith(_TRANSFORMER_HINTS) or "_vit" in name.lower()
 
 
 # -- offline pretrained weights ------------------------------------------------------------------------

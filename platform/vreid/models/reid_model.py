@@ -84,8 +84,15 @@ class ReidModel(nn.Module):
         out = self.head(pooled)
         out["pooled"] = pooled
         if self.dino_head is not None:
-            out["dino"] = self.dino_head(pooled)
+            out["dino"] = self.dino_forward(pooled)
         return out
+
+    def dino_forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The SSL head in fp32 even under autocast: the teacher's output is divided by tau_t = 5e-4..1e-3
+        (SSBVER 4.3) before its softmax, so half-precision rounding of ``g_t`` (~1e-3 relative) would
+        become an error of order one in the teacher's logits."""
+        with torch.autocast(device_type=pooled.device.type, enabled=False):
+            return self.dino_head(pooled.float())
 
     def extract(self, x: torch.Tensor) -> torch.Tensor:
         """The inference feature (``feat``: BN output) computed as in eval mode (running BN statistics,
@@ -117,9 +124,16 @@ class ReidModel(nn.Module):
         return info
 
 
-def build_model(cfg: dict[str, Any]) -> ReidModel:
-    """:class:`ReidModel` from plain keyword arguments (``backbone_name`` or ``backbone`` for the name)."""
-    kwargs = dict(cfg)
+#: keys of a checkpoint's ``model_config.json`` that describe the run, not the network
+CHECKPOINT_META_KEYS = ("image_size", "recipe", "stage", "target", "eval")
+
+
+def build_model(cfg: dict[str, Any], pretrained: PretrainedArg = None) -> ReidModel:
+    """The one model factory: :class:`ReidModel` from a plain dict -- the training's model kwargs or a
+    checkpoint's ``model_config.json`` (its run keys :data:`CHECKPOINT_META_KEYS` are ignored).
+    ``backbone`` is accepted for ``backbone_name``; ``pretrained`` (when not None) overrides the dict's
+    (checkpoint loading passes False: the weights come from the checkpoint). Unknown keys fail."""
+    kwargs = {k: v for k, v in dict(cfg).items() if k not in CHECKPOINT_META_KEYS}
     if "backbone" in kwargs and "backbone_name" not in kwargs:
         kwargs["backbone_name"] = kwargs.pop("backbone")
     allowed = set(ReidModel.__init__.__code__.co_varnames[1:ReidModel.__init__.__code__.co_argcount])
@@ -128,6 +142,10 @@ def build_model(cfg: dict[str, Any]) -> ReidModel:
         raise ConfigError(f"model config: unknown keys {unknown}; expected some of {sorted(allowed)}")
     if "backbone_name" not in kwargs:
         raise ConfigError("model config: missing key 'backbone_name'")
+    if pretrained is not None:
+        kwargs["pretrained"] = pretrained
+    if kwargs.get("img_size") is not None:
+        kwargs["img_size"] = tuple(kwargs["img_size"])
     return ReidModel(**kwargs)
 
 

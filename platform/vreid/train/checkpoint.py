@@ -97,16 +97,6 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
         raise VreidError(f"{path}: not valid JSON: {exc}") from None
 
 
-def build_model_from_config(model_config: dict[str, Any]) -> torch.nn.Module:
-    from vreid.models import ReidModel
-
-    kwargs = {k: v for k, v in model_config.items() if k not in ("image_size", "recipe", "stage")}
-    kwargs["pretrained"] = False  # weights come from the checkpoint
-    if kwargs.get("img_size") is not None:
-        kwargs["img_size"] = tuple(kwargs["img_size"])
-    return ReidModel(**kwargs)
-
-
 def load_model_for_inference(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the exported model of a checkpoint (strict load) in eval mode.
 
@@ -121,7 +111,9 @@ def load_model_for_inference(directory: str | Path, device: str = "cpu") -> tupl
     if not weights.is_file():
         raise VreidError(f"checkpoint {directory}: missing {MODEL_FILE}")
     model_config = read_model_config(directory)
-    model = build_model_from_config(model_config)
+    from vreid.models import build_model
+
+    model = build_model(model_config, pretrained=False)  # weights come from the checkpoint
     state = load_file(str(weights))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

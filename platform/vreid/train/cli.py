@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from vreid.config import load_config
-    from vreid.train.run import train_run
+    from vreid.distributed.run import train_run
 
     cfg = load_config(args.config, args.overrides)
     if args.name:

@@ -1,0 +1,64 @@
+"""Engine callbacks that tests hand to Ray Train workers (``extra_config={"callbacks": [...]}``).
+
+They live in the test tree, not in vreid: production code has no fault-injection or debug hooks.
+Ray pickles the callbacks into its workers, which cannot import this module (it is not on their
+path), so :func:`by_value` registers it to be pickled by value."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def by_value() -> None:
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def params_digest(model) -> str:
+    """Hash of the trainable parameters (BN running statistics are per-worker buffers that DDP
+    re-broadcasts from rank 0 at each forward, so they are left out)."""
+    h = hashlib.sha1()
+    for _, p in sorted(model.named_parameters()):
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class WorkerFault:
+    """The last worker process dies (``os._exit``) once, right after epoch ``after_epoch`` was
+    reported; the marker file makes it happen once per trial."""
+
+    def __init__(self, after_epoch: int, marker: str):
+        self.after_epoch, self.marker = int(after_epoch), str(marker)
+
+    def on_epoch_end(self, ctx) -> None:
+        marker = Path(self.marker)
+        if ctx.rank == ctx.world - 1 and ctx.epoch + 1 == self.after_epoch and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+
+
+class ShardRecorder:
+    """Per epoch and worker: the dataset indices seen and the parameter digest after every step,
+    written to ``<folder>/<stage>_e<epoch>_r<rank>.json``."""
+
+    def __init__(self, folder: str):
+        self.folder = str(folder)
+        self.seen: list[int] = []
+        self.digests: list[str] = []
+
+    def on_step_end(self, ctx) -> None:
+        self.seen.extend(ctx.batch[2].tolist())
+        self.digests.append(params_digest(ctx.recipe.model))
+
+    def on_epoch_end(self, ctx) -> None:
+        path = Path(self.folder)
+        path.mkdir(parents=True, exist_ok=True)
+        name = f"{ctx.recipe.stage_name}_e{ctx.epoch + 1}_r{ctx.rank}.json"
+        (path / name).write_text(json.dumps({"seen": self.seen, "digests": self.digests}))
+        self.seen, self.digests = [], []
