@@ -58,8 +58,8 @@ def test_chain_steps_match_direct_computation():
     n = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     base = evaluate_rank(1 - n(q1) @ n(g1).T, q_df.vehicle_id, g_df.vehicle_id, q_df.camera, g_df.camera)
     assert table[0]["mAP"] == pytest.approx(base["mAP"], abs=1e-6)
-    fq = np.concatenate([n(n(q1) + n(qc)), n(n(q2) + n(qc))], axis=1)
-    fg = np.concatenate([n(n(g1) + n(gc)), n(n(g2) + n(gc))], axis=1)
+    fq = np.concatenate([n(n(q1) + n(qc)), n(n(q2) + n(qc))], axis=1) / np.sqrt(2)
+    fg = np.concatenate([n(n(g1) + n(gc)), n(n(g2) + n(gc))], axis=1) / np.sqrt(2)
     expect = camera_verification(re_ranking_features(fq, fg, 5, 2, 0.3), q_df.camera, g_df.camera)
     np.testing.assert_allclose(dist, expect, atol=1e-5)
     assert np.isinf(dist[q_df.camera.to_numpy()[:, None] == g_df.camera.to_numpy()[None, :]]).all()
@@ -84,3 +84,70 @@ def test_chain_bad_input():
         run_chain(q1, g1, q_df, g_df.iloc[:3], PostProcessConfig())
     with pytest.raises(EvaluationInputError, match="crop_average"):
         run_chain(q1, g1, q_df, g_df, PostProcessConfig(crop_average=True))
+
+
+# -- fusion and norms (VehicleNet Sec. IV-C "Model Ensemble") ----------------------------------------
+def _ensemble_data(n_models=8, n_ids=10, per_id=6, n_query=2, noise=1.0, dim=32, seed=0):
+    """n_models independent noisy views of n_ids identities; n_query images per id are queries."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(n_ids), per_id)
+    cams = np.tile(np.arange(per_id), n_ids)
+    is_q = np.tile(np.arange(per_id) < n_query, n_ids)
+    qs, gs = [], []
+    for _ in range(n_models):
+        f = rng.normal(size=(n_ids, dim))[ids] + noise * rng.normal(size=(len(ids), dim))
+        qs.append(f[is_q])
+        gs.append(f[~is_q])
+    q_df = pd.DataFrame({"vehicle_id": ids[is_q], "camera": cams[is_q]})
+    g_df = pd.DataFrame({"vehicle_id": ids[~is_q], "camera": cams[~is_q]})
+    return qs, gs, q_df, g_df
+
+
+def _ref_fuse(models, crops=None):
+    """The paper's formula written out row by row: f_i = [f_i^1/|f_i^1|, ..., f_i^n/|f_i^n|] / sqrt(n)."""
+    n = len(models)
+    rows = []
+    for i in range(len(models[0])):
+        parts = []
+        for j in range(n):
+            v = np.asarray(models[j][i], dtype=np.float64)
+            v = v / np.sqrt(np.sum(v * v))
+            if crops is not None:
+                c = np.asarray(crops[j][i], dtype=np.float64)
+                v = v + c / np.sqrt(np.sum(c * c))
+                v = v / np.sqrt(np.sum(v * v))
+            parts.extend(v / np.sqrt(n))
+        rows.append(parts)
+    return np.array(rows)
+
+
+def test_one_fusion_for_chain_and_ensemble_job():
+    from vreid.ensemble.views import fuse
+    from vreid.evaluate.postprocess import fuse_features
+
+    qs, gs, _, _ = _ensemble_data(n_models=3, n_ids=4, per_id=3)
+    crops = [g[::-1].copy() for g in gs]
+    np.testing.assert_allclose(fuse_features(gs), _ref_fuse(gs), atol=1e-6)
+    np.testing.assert_allclose(fuse_features(gs, crops), _ref_fuse(gs, crops), atol=1e-6)
+    np.testing.assert_array_equal(fuse(gs), fuse_features(gs))
+    np.testing.assert_array_equal(fuse(gs, crops), fuse_features(gs, crops))
+    np.testing.assert_allclose(np.linalg.norm(fuse_features(gs), axis=1), 1.0, atol=1e-6)
+
+
+def test_rerank_after_qe_on_8_model_ensemble_keeps_map():
+    """Before the fix the chain fused without 1/sqrt(n) (gallery norm sqrt(8)) while query expansion
+    re-normalised queries to 1: Euclidean re-ranking then mixed two scales (mAP 1.000 -> 0.454 here)."""
+    qs, gs, q_df, g_df = _ensemble_data()
+    cfg = PostProcessConfig.from_dict({"ensemble": True, "query_expansion": {"eps": 0.5},
+                                       "re_ranking": {"k1": 20, "k2": 6, "lambda": 0.3}})
+    dist, table = run_chain(qs, gs, q_df, g_df, cfg)
+    by_step = {r["step"].split(" ")[0]: r["mAP"] for r in table}
+    assert by_step["ensemble"] == pytest.approx(1.0)
+    assert by_step["re_ranking"] >= by_step["query_expansion"] - 1e-9
+    # the re-ranked distance is k-reciprocal re-ranking of the reference-fused, expanded features
+    fq, fg = _ref_fuse(qs), _ref_fuse(gs)
+    from vreid.evaluate.postprocess import query_expansion_dbscan
+
+    eq = query_expansion_dbscan(fq, eps=0.5, min_samples=2)
+    np.testing.assert_allclose(np.linalg.norm(eq, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(dist, re_ranking_features(eq, fg, 20, 6, 0.3), atol=1e-4)

@@ -212,16 +212,10 @@ def run_chain(
                       "CMC@5": float(r["cmc"][4]), "mINP": r["mINP"], "queries": r["num_queries"]})
 
     def fuse(qs, gs, crops_q_, crops_g_):
-        out_q, out_g = [], []
-        for i, (a, b) in enumerate(zip(qs, gs)):
-            a, b = pp.l2_normalize(a.astype(np.float32)), pp.l2_normalize(b.astype(np.float32))
-            if crops_q_:
-                a = pp.l2_normalize(a + pp.l2_normalize(crops_q_[i].astype(np.float32)))
-                b = pp.l2_normalize(b + pp.l2_normalize(crops_g_[i].astype(np.float32)))
-            out_q.append(a)
-            out_g.append(b)
-        # Sec. IV-C "Model Ensemble": f = [f^1/|f^1|, ..., f^n/|f^n|]
-        return np.concatenate(out_q, axis=1), np.concatenate(out_g, axis=1)
+        # Sec. IV-C "Model Ensemble" (and "Cropped Images"): the same fusion as the ensemble job; the
+        # fused rows have unit norm, the norm query expansion and track fusion return and the
+        # Euclidean re-ranking then compares on one scale.
+        return (pp.fuse_features(qs, crops_q_ or None), pp.fuse_features(gs, crops_g_ or None))
 
     def distance(a, b) -> np.ndarray:
         return DistanceBlocks(a, b, config.metric).block(0, len(a)).astype(np.float32)
