@@ -34,8 +34,9 @@ from vreid.evaluate.rerank import re_ranking_features
 @dataclass
 class QueryExpansionConfig:
     enabled: bool = False
-    eps: float = 0.5
+    eps: float = 0.5  # Euclidean radius between L2-normalised query features (in [0, 2])
     min_samples: int = 2
+    include_self: bool = False  # True: cluster mean with the query itself (not the paper's "other queries")
 
 
 @dataclass
@@ -239,8 +240,10 @@ def run_chain(
         record("track_fusion", distance(cq, cg))
     if config.query_expansion.enabled:
         cq = pp.query_expansion_dbscan(cq, eps=config.query_expansion.eps,
-                                       min_samples=config.query_expansion.min_samples)
-        record("query_expansion", distance(cq, cg))
+                                       min_samples=config.query_expansion.min_samples,
+                                       include_self=config.query_expansion.include_self)
+        qe = config.query_expansion
+        record(f"query_expansion (eps={qe.eps:g}{', include_self' if qe.include_self else ''})", distance(cq, cg))
 
     masks: list = []
     cv = config.camera_verification

@@ -60,12 +60,19 @@ def _vector(name: str, values, n: int, dtype=None) -> np.ndarray:
 
 
 def query_expansion_dbscan(qf, eps: float = 0.5, min_samples: int = 2, metric: str = "euclidean",
-                           normalize: bool = True) -> np.ndarray:
-    """VehicleNet's query expansion (Sec. IV-C): DBSCAN over query-query distances; every query in a
-    cluster is replaced by its cluster's mean feature, noise queries are kept as they are.
+                           normalize: bool = True, include_self: bool = False) -> np.ndarray:
+    """VehicleNet's query expansion (Sec. IV-C): "The query feature is updated to the mean feature of
+    the other queries in the same cluster", clusters by DBSCAN over the queries.
 
-    Distances are between L2-normalised features (``euclidean`` or ``cosine``); ``normalize`` re-normalises
-    the output rows. DBSCAN is deterministic (no random choice).
+    The space of ``eps``: DBSCAN runs on the query rows after L2 normalisation; with
+    ``metric="euclidean"`` (default) ``eps`` is a Euclidean radius there, in [0, 2] (eps = 0.5 means
+    cosine similarity >= 1 - eps**2 / 2 = 0.875); with ``metric="cosine"`` it is a bound on 1 - cos.
+    A query is its own neighbour when ``min_samples`` is counted (as in sklearn's DBSCAN).
+    Each clustered query becomes the mean of the *other* members' (unnormalised input) features;
+    noise queries (and a cluster's only member, which has no other) keep their own feature.
+    ``include_self=True`` is the variant that averages over the whole cluster, the query included
+    (not the paper's sentence; kept as a named option). ``normalize`` re-normalises the output rows
+    to unit norm, the norm of the fused features (:func:`fuse_features`). Deterministic.
     """
     from sklearn.cluster import DBSCAN
 
@@ -80,10 +87,15 @@ def query_expansion_dbscan(qf, eps: float = 0.5, min_samples: int = 2, metric: s
     else:
         raise EvaluationInputError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(d)
-    out = qf.astype(np.float64).copy()
+    src = qf.astype(np.float64)
+    out = src.copy()
     for lab in np.unique(labels[labels >= 0]):
-        members = labels == lab
-        out[members] = qf[members].mean(axis=0)
+        members = np.flatnonzero(labels == lab)
+        total = src[members].sum(axis=0)
+        if include_self:
+            out[members] = total / len(members)
+        elif len(members) > 1:
+            out[members] = (total[None, :] - src[members]) / (len(members) - 1)
     out = out.astype(qf.dtype)
     return l2_normalize(out).astype(qf.dtype) if normalize else out
 
