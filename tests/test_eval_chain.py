@@ -26,7 +26,7 @@ def _data(seed=0, n_ids=12, per_id=6, dim=16):
     g = np.arange(len(ids))  # the query's own copy is in the gallery: same id + camera -> junk
     q_df = pd.DataFrame({"vehicle_id": ids[q], "camera": cams[q], "timestamp": q * 1.0})
     g_df = pd.DataFrame({"vehicle_id": ids[g], "camera": cams[g], "timestamp": g * 1.0,
-                         "track": ids[g]})
+                         "track": ids[g], "bbox": [[0, 0, 8, 8]] * len(g)})
     return (m1[q], m2[q], crop[q]), (m1[g], m2[g], crop[g]), q_df, g_df
 
 
@@ -151,3 +151,41 @@ def test_rerank_after_qe_on_8_model_ensemble_keeps_map():
     eq = query_expansion_dbscan(fq, eps=0.5, min_samples=2)
     np.testing.assert_allclose(np.linalg.norm(eq, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(dist, re_ranking_features(eq, fg, 20, 6, 0.3), atol=1e-4)
+
+
+# -- camera verification (VehicleNet Sec. IV-C "Camera Verification") --------------------------------
+def test_manifest_camera_source_refuses_unknown_cameras():
+    (q1, _, _), (g1, _, _), q_df, g_df = _data()
+    cfg = PostProcessConfig.from_dict({"camera_verification": {"source": "manifest"}})
+    with pytest.raises(EvaluationInputError, match="camera.*unknown.*clusters"):
+        run_chain(q1, g1, q_df.assign(camera=-1), g_df.assign(camera=-1), cfg, evaluate=False)
+    with pytest.raises(EvaluationInputError, match="query manifest.*1 of 12"):
+        run_chain(q1, g1, q_df.assign(camera=[-1] + [0] * 11), g_df, cfg, evaluate=False)
+
+
+def test_cluster_camera_verification_matches_brute_force():
+    """Camera features around 5 well-separated centres: the reference drops, for each query, exactly
+    the gallery images whose camera feature lies nearest the same centre as the query's (the paper:
+    "we remove the images of the same camera cluster from candidate images")."""
+    (q1, _, _), (g1, _, _), q_df, g_df = _data()
+    rng = np.random.default_rng(7)
+    centres = 10 * rng.normal(size=(5, 6))
+    qc_true = rng.integers(0, 5, len(q1))
+    gc_true = rng.integers(0, 5, len(g1))
+    qcf = centres[qc_true] + 0.05 * rng.normal(size=(len(q1), 6))
+    gcf = centres[gc_true] + 0.05 * rng.normal(size=(len(g1), 6))
+    cfg = PostProcessConfig.from_dict({"camera_verification": {"source": "clusters", "n_clusters": 5}})
+    dist, table = run_chain(q1, g1, q_df.assign(camera=-1), g_df.assign(camera=-1), cfg, evaluate=False,
+                            q_camera_features=qcf, g_camera_features=gcf)
+
+    def nearest(v):  # brute force: index of the closest centre
+        return min(range(5), key=lambda c: float(np.sum((v - centres[c]) ** 2)))
+
+    a = q1 / np.linalg.norm(q1, axis=1, keepdims=True)
+    b = g1 / np.linalg.norm(g1, axis=1, keepdims=True)
+    for i in range(len(q1)):
+        for j in range(len(g1)):
+            if nearest(qcf[i]) == nearest(gcf[j]):
+                assert dist[i, j] == np.inf
+            else:
+                assert dist[i, j] == pytest.approx(1 - float(a[i] @ b[j]), abs=1e-5)

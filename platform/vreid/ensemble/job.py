@@ -156,6 +156,12 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
             raise VreidError(f"validation query manifest {inp.val_query} has no identities (vehicle_id < 0)")
     if not sets:
         raise VreidError("nothing to do: give test and/or validation query/gallery manifests")
+    if chain_cfg.crop_average:
+        from vreid.evaluate.chain import NO_BOX_MESSAGE, boxed_rows
+
+        for pair in (("test_query", "test_gallery"), ("val_query", "val_gallery")):
+            if pair[0] in sets and boxed_rows(sets[pair[0]]) + boxed_rows(sets[pair[1]]) == 0:
+                raise VreidError(f"{inp.chain} ({pair[0]}/{pair[1]}): {NO_BOX_MESSAGE}")
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- one Ray Data pass over the union of all images: each decoded once for all models and views

@@ -162,6 +162,18 @@ def _column(df, name: str, n: int, default=None) -> np.ndarray | None:
     return col.to_numpy()
 
 
+NO_BOX_MESSAGE = ("crop_average is on but no query or gallery image has a box (manifest column 'bbox'): "
+                  "re-detect them with `vreid data detect MANIFEST --weights MASKRCNN.pth --out ...`, "
+                  "or switch crop_average off")
+
+
+def boxed_rows(df) -> int:
+    """Rows of ``df`` with a 4-number box (0 when there is no ``bbox`` column)."""
+    if df is None or "bbox" not in df.columns:
+        return 0
+    return sum(1 for b in df["bbox"] if b is not None and not (isinstance(b, float) and np.isnan(b)) and len(b) == 4)
+
+
 def run_chain(
     qf,
     gf,
@@ -200,6 +212,24 @@ def run_chain(
     g_ids = _column(g_df, "vehicle_id", n_g)
     q_cams = _column(q_df, "camera", n_q, default=-1)
     g_cams = _column(g_df, "camera", n_g, default=-1)
+    n_boxed = boxed_rows(q_df) + boxed_rows(g_df)
+    if config.crop_average and n_boxed == 0:
+        # without a box the "crop" is the image itself and the step would average a feature with itself
+        raise EvaluationInputError(NO_BOX_MESSAGE)
+    cv = config.camera_verification
+    if cv.enabled and cv.source == "manifest":
+        # the manifests' cameras are ground truth on validation splits and unknown (-1) on the CityFlow
+        # test set, where verification by them would silently do nothing: refuse, point to clusters
+        for what, cams, n in (("query", q_cams, n_q), ("gallery", g_cams, n_g)):
+            unknown = int(np.sum(np.asarray(cams) < 0))
+            if unknown:
+                raise EvaluationInputError(
+                    f"camera_verification.source is 'manifest' but the {what} manifest's camera is unknown "
+                    f"(-1 or no 'camera' column) for {unknown} of {n} images: use source: clusters with a "
+                    "camera model's features (a model trained with data.label_by: camera)")
+    if cv.enabled and cv.source == "clusters" and (q_camera_features is None or g_camera_features is None):
+        raise EvaluationInputError("camera_verification.source is 'clusters' but no camera features given "
+                                   "(a camera model: trained with data.label_by: camera)")
     can_eval = evaluate and q_ids is not None and g_ids is not None and bool(np.all(q_ids >= 0))
     table: list[dict] = []
 
@@ -228,7 +258,7 @@ def run_chain(
         if len(crops_q) != len(models_q) or len(crops_g) != len(models_g):
             raise EvaluationInputError("crop_average is on but q_crop/g_crop do not hold one matrix per model")
         cq, cg = fuse(models_q[:1], models_g[:1], crops_q[:1], crops_g[:1])
-        record("crop_average", distance(cq, cg))
+        record(f"crop_average (boxes: {n_boxed} of {n_q + n_g} images)", distance(cq, cg))
     if config.ensemble:
         cq, cg = fuse(models_q, models_g, crops_q if use_crops else [], crops_g if use_crops else [])
         record(f"ensemble ({len(models_q)} models)", distance(cq, cg))
@@ -246,11 +276,8 @@ def run_chain(
         record(f"query_expansion (eps={qe.eps:g}{', include_self' if qe.include_self else ''})", distance(cq, cg))
 
     masks: list = []
-    cv = config.camera_verification
     if cv.enabled:
         if cv.source == "clusters":
-            if q_camera_features is None or g_camera_features is None:
-                raise EvaluationInputError("camera_verification.source is 'clusters' but no camera features given")
             labels = pp.camera_clusters(np.concatenate([np.asarray(q_camera_features),
                                                         np.asarray(g_camera_features)]), cv.n_clusters, cv.seed)
             vq, vg = labels[:n_q], labels[n_q:]
@@ -296,4 +323,4 @@ def format_table(table: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PostProcessConfig", "run_chain", "format_table"]
+__all__ = ["PostProcessConfig", "run_chain", "format_table", "boxed_rows", "NO_BOX_MESSAGE"]
