@@ -189,3 +189,57 @@ def test_cluster_camera_verification_matches_brute_force():
                 assert dist[i, j] == np.inf
             else:
                 assert dist[i, j] == pytest.approx(1 - float(a[i] @ b[j]), abs=1e-5)
+
+
+# -- temporal filter (VehicleNet Sec. IV-C "Temporal Annotation") ------------------------------------
+def _brute_temporal(qf, gf, qt, gt, tau):
+    """Cosine distance, and +inf where |t_query - t_gallery| > tau (an unknown time filters nothing)."""
+    out = np.zeros((len(qf), len(gf)))
+    for i in range(len(qf)):
+        for j in range(len(gf)):
+            a, b = qf[i], gf[j]
+            out[i, j] = 1 - float(a @ b) / np.sqrt(float(a @ a) * float(b @ b))
+            if not (np.isnan(qt[i]) or np.isnan(gt[j])) and abs(qt[i] - gt[j]) > tau:
+                out[i, j] = np.inf
+    return out
+
+
+def test_temporal_from_veri776_frame_stamps():
+    from vreid.data.veri776 import read_veri776
+
+    df = read_veri776(ROOT / "tests" / "fixtures" / "data" / "veri776")
+    q_df = df[df.split == "query"].reset_index(drop=True)
+    g_df = df[df.split == "gallery"].reset_index(drop=True)
+    rng = np.random.default_rng(0)
+    qf, gf = rng.normal(size=(len(q_df), 5)), rng.normal(size=(len(g_df), 5))
+    cfg = PostProcessConfig.from_dict({"temporal": {"tau": 500.0}})
+    dist, table = run_chain(qf, gf, q_df, g_df, cfg, evaluate=False)
+    # frame stamps from the names 0003_c003_00030000_0.jpg ...: 30000 vs 30000, 30100, 31000
+    expect = _brute_temporal(qf, gf, [30000.0], [30000.0, 30100.0, 31000.0], 500.0)
+    np.testing.assert_allclose(dist, expect, atol=1e-5)
+    assert np.isinf(dist[0, 2]) and "times known: 1/1 queries, 3/3 gallery" in table[-1]["step"]
+
+
+def test_temporal_from_csv_by_image_and_by_track(tmp_path):
+    rng = np.random.default_rng(1)
+    q_df = pd.DataFrame({"image_name": ["q0.jpg", "q1.jpg", "q2.jpg"], "vehicle_id": -1, "camera": -1,
+                         "timestamp": np.nan, "track": pd.array([None] * 3, dtype="Int64")})
+    g_df = pd.DataFrame({"image_name": [f"g{i}.jpg" for i in range(6)], "vehicle_id": -1, "camera": -1,
+                         "timestamp": np.nan, "track": pd.array([0, 0, 1, 1, 2, None], dtype="Int64")})
+    qf, gf = rng.normal(size=(3, 4)), rng.normal(size=(6, 4))
+    cfg = PostProcessConfig.from_dict({"temporal": {"tau": 10.0}})
+    with pytest.raises(EvaluationInputError, match="no query image has a timestamp.*temporal.csv"):
+        run_chain(qf, gf, q_df, g_df, cfg, evaluate=False)
+    (tmp_path / "q.csv").write_text("image_name,timestamp\nq0.jpg,100\nq1.jpg,200\n")
+    (tmp_path / "tracks.csv").write_text("track,timestamp\n0,95\n1,205\n2,300\n")
+    cfg = PostProcessConfig.from_dict({"temporal": {"tau": 10.0, "csv": [str(tmp_path / "q.csv"),
+                                                                        str(tmp_path / "tracks.csv")]}})
+    dist, table = run_chain(qf, gf, q_df, g_df, cfg, evaluate=False)
+    qt = [100.0, 200.0, np.nan]
+    gt = [95.0, 95.0, 205.0, 205.0, 300.0, np.nan]
+    np.testing.assert_allclose(dist, _brute_temporal(qf, gf, qt, gt, 10.0), atol=1e-5)
+    assert "times known: 2/3 queries, 5/6 gallery" in table[-1]["step"]
+    (tmp_path / "bad.csv").write_text("image_name,timestamp\nq0.jpg,soon\n")
+    with pytest.raises(Exception, match=r"bad.csv:2: timestamp 'soon' is not a number"):
+        run_chain(qf, gf, q_df, g_df, PostProcessConfig.from_dict({"temporal": {"csv": str(tmp_path / "bad.csv")}}),
+                  evaluate=False)

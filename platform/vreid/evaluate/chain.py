@@ -60,7 +60,10 @@ class ReRankingConfig:
 @dataclass
 class TemporalConfig:
     enabled: bool = False
-    tau: float = 1000.0
+    tau: float = 1000.0  # in the timestamps' unit (VeRi-776: frames; a CSV: whatever it holds)
+    # timestamps CSV(s) joined to the manifests (header image_name,timestamp or track,timestamp);
+    # empty: the manifests' own timestamp column (VeRi-776 frame stamps, VeRi-Wild times)
+    csv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +137,10 @@ def _build(cls, data: dict, source: str, prefix: str):
             kwargs[name] = _build(type(default), sub, source, f"{prefix}{key}.")
         else:
             expected = type(default)
+            if expected is list and isinstance(value, str):
+                value = [value]
+            if expected is list and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{source}: '{prefix}{key}' must be a list of paths, got {value!r}")
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -165,6 +172,16 @@ def _column(df, name: str, n: int, default=None) -> np.ndarray | None:
 NO_BOX_MESSAGE = ("crop_average is on but no query or gallery image has a box (manifest column 'bbox'): "
                   "re-detect them with `vreid data detect MANIFEST --weights MASKRCNN.pth --out ...`, "
                   "or switch crop_average off")
+
+
+def _timestamps(df, n: int, csv_paths) -> np.ndarray:
+    """Per row: the time from the timestamps CSV(s) if listed there, else the manifest's; NaN unknown."""
+    if df is not None and csv_paths:
+        from vreid.data.cityflow import join_timestamps
+
+        df = join_timestamps(df, csv_paths)
+    t = _column(df, "timestamp", n)
+    return np.full(n, np.nan) if t is None else np.asarray(t, dtype=np.float64)
 
 
 def boxed_rows(df) -> int:
@@ -230,6 +247,16 @@ def run_chain(
     if cv.enabled and cv.source == "clusters" and (q_camera_features is None or g_camera_features is None):
         raise EvaluationInputError("camera_verification.source is 'clusters' but no camera features given "
                                    "(a camera model: trained with data.label_by: camera)")
+    qt = gt = None
+    if config.temporal.enabled:
+        qt, gt = _timestamps(q_df, n_q, config.temporal.csv), _timestamps(g_df, n_g, config.temporal.csv)
+        for what, t in (("query", qt), ("gallery", gt)):
+            if np.isnan(t).all():
+                raise EvaluationInputError(
+                    f"temporal is on but no {what} image has a timestamp: give manifests with a 'timestamp' "
+                    "column (VeRi-776 frame stamps, VeRi-Wild times) or temporal.csv: a CSV "
+                    "'image_name,timestamp' or 'track,timestamp' joined to the manifests (the CityFlow "
+                    "release has no times)")
     can_eval = evaluate and q_ids is not None and g_ids is not None and bool(np.all(q_ids >= 0))
     table: list[dict] = []
 
@@ -286,15 +313,13 @@ def run_chain(
         masks.append(lambda d: pp.camera_verification(d, vq, vg, mode=cv.mode, penalty=cv.penalty))
         record(f"camera_verification ({cv.mode}, {cv.source})", masks[-1](distance(cq, cg)))
     if config.temporal.enabled:
-        qt, gt = _column(q_df, "timestamp", n_q), _column(g_df, "timestamp", n_g)
-        if qt is None or gt is None:
-            raise EvaluationInputError("temporal is on but the manifests have no 'timestamp' column")
         tau = config.temporal.tau
-        masks.append(lambda d: pp.temporal_filter(d, np.asarray(qt, float), np.asarray(gt, float), tau))
+        masks.append(lambda d: pp.temporal_filter(d, qt, gt, tau))
         d = distance(cq, cg)
         for m in masks:
             d = m(d)
-        record(f"temporal (tau={tau:g})", d)
+        record(f"temporal (tau={tau:g}; times known: {int(np.sum(~np.isnan(qt)))}/{n_q} queries, "
+               f"{int(np.sum(~np.isnan(gt)))}/{n_g} gallery)", d)
 
     rr = config.re_ranking
     if rr.enabled:
