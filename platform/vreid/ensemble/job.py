@@ -210,8 +210,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
         rows.append({"name": f"ensemble of {len(inp.models)} (flip x scales {list(inp.scales)})",
                      **_eval(evaluate_features, fused_all[qi], fused_all[gi], q_df, g_df)})
         tables["single_vs_ensemble"] = rows
-        _, steps = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=True, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
-        tables["postprocess"] = [_rename(r) for r in steps]
+        tables["postprocess"] = postprocess_rows(q_df, g_df, chain_cfg, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
         val_dir = out / "val"
         val_dir.mkdir(exist_ok=True)
         np.save(val_dir / "query_features.npy", fused_all[qi])
@@ -284,6 +283,15 @@ def _chain_inputs(per_model, crops, qi, gi, camera_feats=None):
         kw["q_camera_features"] = camera_feats[qi]
         kw["g_camera_features"] = camera_feats[gi]
     return kw
+
+
+def postprocess_rows(q_df, g_df, chain_cfg, **chain_inputs) -> list[dict[str, Any]]:
+    """This run's Table VI: :func:`vreid.evaluate.chain.run_chain` on the validation split, one row per
+    step (``step``, ``mAP``, ``mAP_top100``, ``rank1``, ``rank5``, ``mINP``), as ``tables.json`` stores it."""
+    from vreid.evaluate.chain import run_chain
+
+    _, steps = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=True, **chain_inputs)
+    return [_rename(r) for r in steps]
 
 
 def _rename(row: dict[str, Any]) -> dict[str, Any]:

@@ -264,9 +264,10 @@ def run_chain(
         if not can_eval:
             table.append({"step": step})
             return
-        r = evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, max_rank=max(5, config.max_rank),
-                          remove_same_camera=config.remove_same_camera)
-        table.append({"step": step, "mAP": r["mAP"], "CMC@1": float(r["cmc"][0]),
+        kw = dict(max_rank=max(5, config.max_rank), remove_same_camera=config.remove_same_camera)
+        r = evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, **kw)
+        top = evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, ap_mode="top100", **kw)  # AI City's mAP@100
+        table.append({"step": step, "mAP": r["mAP"], "mAP_top100": top["mAP"], "CMC@1": float(r["cmc"][0]),
                       "CMC@5": float(r["cmc"][4]), "mINP": r["mINP"], "queries": r["num_queries"]})
 
     def fuse(qs, gs, crops_q_, crops_g_):
