@@ -92,3 +92,25 @@ def test_errors_exit_2(saved, capsys, tmp_path):
     assert main(["submission", "check", str(bad), "--queries", "1", "--gallery", "3"]) == 0
     assert main(["submission", "check", str(bad), "--queries", "2", "--gallery", "3"]) == 2
     assert "expected 2 lines" in capsys.readouterr().err
+
+
+def test_chain_camera_clusters_need_camera_features(saved, capsys, tmp_path):
+    tmp, qf, gf, q_df, g_df = saved
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("camera_verification: {source: clusters, n_clusters: 3}\n")
+    base = ["evaluate", "--protocol", "cityflow", "--query", str(tmp / "q.parquet"), "--gallery",
+            str(tmp / "g.parquet"), "--features-dir", str(tmp / "f"), "--chain", str(chain)]
+    assert main(base) == 2 and "--camera-features-dir" in capsys.readouterr().err
+    # camera features: one tight group per manifest camera, so the clusters are the cameras
+    rng = np.random.default_rng(1)
+    centres = 5 * rng.normal(size=(4, 6))
+    save_features(tmp_path / "cam" / "query.parquet", centres[q_df.camera] + 0.01 * rng.normal(size=(len(q_df), 6)), q_df)
+    save_features(tmp_path / "cam" / "gallery.parquet", centres[g_df.camera] + 0.01 * rng.normal(size=(len(g_df), 6)), g_df)
+    assert main(base + ["--camera-features-dir", str(tmp_path / "cam")]) == 0
+    out = capsys.readouterr().out
+    chain.write_text("camera_verification: {source: manifest}\n")
+    assert main(base) == 0
+    by_manifest = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("camera_verification")][0]
+    line_m = [ln for ln in by_manifest.splitlines() if ln.startswith("camera_verification")][0]
+    assert line.split()[-4:] == line_m.split()[-4:]  # same numbers: the clusters recover the cameras

@@ -8,14 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from vreid.errors import DataFormatError
 from vreid.evaluate.features import extract_features, load_features, save_features
 
-MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
-STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
 class TinyNet(torch.nn.Module):
@@ -43,18 +40,46 @@ def _images(tmp_path, n=3):
                          "bbox": [[2, 3, 20, 18], None, [0, 0, 10, 10]]})
 
 
+def _bilinear(img: np.ndarray, factor: float) -> np.ndarray:
+    """Resize a (C, H, W) array by ``factor`` with bilinear interpolation, written from its definition
+    (half-pixel centres: output pixel o samples the input at (o + 0.5) / factor - 0.5, clamped at the
+    border; output side floor(side * factor)), one output pixel at a time."""
+    c, h, w = img.shape
+    oh, ow = int(math.floor(h * factor)), int(math.floor(w * factor))
+    out = np.zeros((c, oh, ow), dtype=np.float64)
+    for oy in range(oh):
+        sy = max((oy + 0.5) / factor - 0.5, 0.0)
+        y0 = min(int(sy), h - 1)
+        y1, wy = min(y0 + 1, h - 1), sy - int(sy)
+        for ox in range(ow):
+            sx = max((ox + 0.5) / factor - 0.5, 0.0)
+            x0 = min(int(sx), w - 1)
+            x1, wx = min(x0 + 1, w - 1), sx - int(sx)
+            out[:, oy, ox] = ((1 - wy) * ((1 - wx) * img[:, y0, x0] + wx * img[:, y0, x1])
+                              + wy * ((1 - wx) * img[:, y1, x0] + wx * img[:, y1, x1]))
+    return out
+
+
 def _manual(model, path, size, scales, flip, box=None):
-    img = Image.open(path).convert("RGB")
+    """The feature as VehicleNet / our docs define it: the RGB image (cropped to the box [x1, y1, x2, y2],
+    end exclusive), resized to ``size`` (bicubic), ImageNet-normalised per channel; for every area scale s
+    a view resized by the side factor sqrt(s) *from the scale-1 image*; each view and its mirror image
+    through the model; all summed, then divided by the L2 norm."""
+    arr = np.asarray(Image.open(path).convert("RGB"))
     if box is not None:
-        img = img.crop(tuple(box))
-    img = img.resize((size[1], size[0]), resample=3)
-    x = torch.from_numpy(np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0)
-    x = ((x - MEAN) / STD)[None]
-    total = 0
+        x1, y1, x2, y2 = box
+        arr = arr[y1:y2, x1:x2]
+    arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BICUBIC), dtype=np.float64) / 255.0
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    chw = np.stack([(arr[:, :, ch] - mean[ch]) / std[ch] for ch in range(3)])
+    total = np.zeros(10)
     for s in scales:
-        xs = x if s == 1 else F.interpolate(x, scale_factor=math.sqrt(s), mode="bilinear", align_corners=False)
-        total = total + model.extract(xs) + (model.extract(xs.flip(3)) if flip else 0)
-    return F.normalize(total, dim=1)[0].detach().numpy()
+        view = chw if s == 1 else _bilinear(chw, math.sqrt(s))
+        views = [view, view[:, :, ::-1]] if flip else [view]
+        for v in views:
+            x = torch.tensor(np.ascontiguousarray(v), dtype=torch.float32)[None]
+            total += model.extract(x)[0].detach().double().numpy()
+    return total / np.sqrt(np.sum(total ** 2))
 
 
 def test_extract_matches_manual_views(tmp_path):

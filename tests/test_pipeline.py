@@ -118,7 +118,7 @@ def test_ensemble_as_ray_job_is_byte_identical(demo_run, ray_cluster, tmp_path):
            "--runtime-env-json", json.dumps(runtime_env), "--",
            "python", "jobs/aicity_ensemble.py", "--selection", demo_run["selection"]["path"],
            "--manifests", str(out / "manifests"), "--chain", str(REPO / "search_spaces" / "postprocess_demo.yaml"),
-           "--out", str(job_out), "--batch-size", "64"]
+           "--out", str(job_out), "--batch-size", "64", "--camera-checkpoint", demo_run["camera_checkpoint"]]
     for _ in range(40):  # the head's job agent may still be starting
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode == 0 or "No available agent" not in proc.stdout + proc.stderr:

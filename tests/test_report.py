@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from vreid.ensemble.job import postprocess_rows
 from vreid.errors import EvaluationInputError, VreidError
+from vreid.evaluate.chain import PostProcessConfig
 from vreid.report import figures as F
 from vreid.report import tables as T
 
@@ -28,6 +30,7 @@ TRIALS = {
     "t1": (0.02, [0.12, 0.22, 0.27, 0.33, 0.3912], [0.31, 0.41, 0.48, 0.55, 0.5876]),
     "t2": (0.05, [0.05, 0.08, 0.11, 0.13, 0.1502], [0.10, 0.15, 0.20, 0.22, 0.2468]),
 }
+CHAIN = {"ensemble": True, "query_expansion": {"eps": 0.5}, "re_ranking": {"k1": 3, "k2": 2, "lambda": 0.3}}
 EFF = {"t0": (11.18, 3.25, 160.5, 96.0, 512), "t1": (23.51, 4.55, 122.0, 122.0, 512), "t2": (11.18, 3.3, 150.0, 96.0, 512)}
 
 
@@ -130,6 +133,7 @@ def store(tmp_path_factory):
     ens = root / "ensemble"
     (ens / "val").mkdir(parents=True)
     qf, gf = _features(qm, gm)
+    qf2, gf2 = _features(qm, gm, seed=1)
     np.save(ens / "val" / "query_features.npy", qf)
     np.save(ens / "val" / "gallery_features.npy", gf)
     qm.to_parquet(ens / "val" / "query.parquet")
@@ -140,11 +144,8 @@ def store(tmp_path_factory):
             {"name": "single: t0", "mAP": 0.4567, "mAP_top100": 0.4501, "rank1": 0.6543, "rank5": 0.8, "mINP": 0.2},
             {"name": "ensemble of 2", "mAP": 0.5123, "mAP_top100": 0.5099, "rank1": 0.7012, "rank5": 0.85, "mINP": 0.25},
         ],
-        "postprocess": [
-            {"step": "ensemble", "mAP": 0.5123, "mAP_top100": 0.5099, "rank1": 0.7012, "rank5": 0.85, "mINP": 0.25},
-            {"step": "+ query expansion", "mAP": 0.5388, "mAP_top100": 0.5301, "rank1": 0.7111, "rank5": 0.86, "mINP": 0.27},
-            {"step": "+ re-ranking", "mAP": 0.6021, "mAP_top100": 0.5987, "rank1": 0.7333, "rank5": 0.88, "mINP": 0.31},
-        ],
+        # the chain's real output, through the ensemble job's own Table VI function
+        "postprocess": postprocess_rows(qm, gm, PostProcessConfig.from_dict(CHAIN), qf=[qf, qf2], gf=[gf, gf2]),
         "models": [{"trial_id": "t0", "checkpoint": str(ckpt), "mlflow_run_id": run_ids["t0"]},
                    {"trial_id": "t1", "checkpoint": "/nowhere/t1", "mlflow_run_id": run_ids["t1"]}],
     }
@@ -207,7 +208,11 @@ def test_ensemble_tables_and_bad_tables_json(store, tmp_path):
     assert "fuses 2 models (t0, t1)" in md
     assert "| **single: t0** (best single) | 45.67 |" in md and "| single: t1 | 39.12 |" in md
     pp = T.postprocess_table(tables)
-    assert "| + re-ranking | 60.21 |" in pp
+    steps = tables["postprocess"]
+    assert [r["step"].split(" ")[0] for r in steps] == ["base", "ensemble", "query_expansion", "re_ranking"]
+    for r in steps:  # every step the chain produced, with its numbers, in the report's table
+        assert (f"| {r['step']} | {100 * r['mAP']:.2f} | {100 * r['mAP_top100']:.2f} | {100 * r['rank1']:.2f} | "
+                f"{100 * r['rank5']:.2f} | {100 * r['mINP']:.2f} |") in pp
     (tmp_path / "tables.json").write_text('{"postprocess": {"step": 1}}')
     with pytest.raises(VreidError, match="'postprocess' must be a list"):
         T.load_ensemble_tables(tmp_path)
@@ -330,7 +335,9 @@ def test_build_report_writes_tables_figures_and_logs_artifacts(store, tmp_path):
     md = path.read_text()
     for title in T.TABLE_TITLES.values():
         assert f"### {title}" in md
-    assert "45.67" in md and "51.23" in md and "60.21" in md and "23.51" in md
+    final_step = json.loads((store["ens"] / "tables.json").read_text())["postprocess"][-1]
+    assert "45.67" in md and "51.23" in md and "23.51" in md
+    assert f"| {final_step['step']} | {100 * final_step['mAP']:.2f} |" in md  # the chain's last step
     assert "Not produced" not in md
     for name in FIGURE_FILES.values():
         assert f"](figures/{name})" in md

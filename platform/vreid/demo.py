@@ -107,10 +107,12 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
     atomic_write_text(out / "compare.md", table.drop(columns=["run_id"]).to_markdown(index=False, floatfmt=".4f"))
     print(table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
-    _step(6, "the ensemble job: best-k features (flip x scales [1, 0.9, 0.8]) on Ray Data -> post-processing -> track2.txt")
+    _step(6, "the camera model (VehicleNet IV-C camera verification: its features are clustered), then the "
+             "ensemble job: best-k features (flip x scales [1, 0.9, 0.8]) on Ray Data -> post-processing -> track2.txt")
+    camera_checkpoint = train_camera_model(space, manifests, out, overrides)
     ens_dir = out / "ensemble"
     _run(["ensemble", "--selection", selection["path"], "--manifests", str(manifests), "--chain", chain,
-          "--out", str(ens_dir), "--batch-size", "64"])
+          "--out", str(ens_dir), "--batch-size", "64", "--camera-checkpoint", camera_checkpoint])
     _run(["submission", "check", str(ens_dir / "track2.txt"), "--queries", str(_rows(manifests / "test_query.parquet")),
           "--gallery", str(_rows(manifests / "test_gallery.parquet"))])
 
@@ -138,8 +140,21 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
     else:
         lines.append(f"  open the runs:         {uri}")
     print("\n".join(lines), flush=True)
-    return {"out": str(out), "selection": selection, "tracking_uri": uri, "submission": str(ens_dir / "track2.txt"),
+    return {"out": str(out), "selection": selection, "camera_checkpoint": camera_checkpoint, "tracking_uri": uri, "submission": str(ens_dir / "track2.txt"),
             "report": str(report_path) if report_path else None}
+
+
+def train_camera_model(space: str, manifests: Path, out: Path, overrides: list[str] | None = None) -> str:
+    """A small camera classifier (the demo's recipe with camera ids as labels, ``data.label_by: camera``)
+    on the CityFlow training images (every one has a camera id) for both stages; returns its checkpoint."""
+    from vreid.config import load_config
+    from vreid.train.run import train_run
+
+    cfg = load_config(space, [f"data.manifests={manifests}", f"output.root={out / 'camera_model'}", *(overrides or []),
+                              "data.label_by=camera", f"data.stage1_train={manifests / 'stage2_train.parquet'}",
+                              "stage1.epochs=2", "stage2.epochs=1"])
+    cfg.name = f"{cfg.name}_camera"
+    return str(train_run(cfg)["checkpoint"])
 
 
 def _rows(path: Path) -> int:

@@ -95,3 +95,70 @@ def read_cityflow(root: str | os.PathLike, tracks: bool = True) -> pd.DataFrame:
                             "vehicle_id": vid, "camera": cam, "track": track_of.get(name),
                             "source_id": source_id})
     return frame(records, {"format": "cityflow", "root": str(root), "tracks": tracks})
+
+
+def read_timestamps_csv(path: str | os.PathLike) -> tuple[str, dict]:
+    """A timestamps CSV: a header ``image_name,timestamp`` (one time per image) or ``track,timestamp``
+    (one time per CityFlow track, given to every image of that track); times are numbers in any one
+    unit (seconds, frames), the temporal filter's ``tau`` is in the same unit.
+    Returns ``(key column, {key: time})``."""
+    import csv
+    import math
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: timestamps CSV not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise DataFormatError(f"{path}:1: empty file; expected a header 'image_name,timestamp' or 'track,timestamp'")
+    header = [h.strip() for h in rows[0]]
+    if header not in (["image_name", "timestamp"], ["track", "timestamp"]):
+        raise DataFormatError(f"{path}:1: header {','.join(header)!r}: expected 'image_name,timestamp' or 'track,timestamp'")
+    key = header[0]
+    out: dict = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) != 2:
+            raise DataFormatError(f"{path}:{line}: expected 2 fields ({key},timestamp), got {len(row)}")
+        k, t = row[0].strip(), row[1].strip()
+        try:
+            value = float(t)
+        except ValueError:
+            raise DataFormatError(f"{path}:{line}: timestamp {t!r} is not a number") from None
+        if not math.isfinite(value):
+            raise DataFormatError(f"{path}:{line}: timestamp {t!r} is not finite")
+        if key == "track":
+            k = parse_int(k, "track", f"{path}:{line}")
+        if k in out:
+            raise DataFormatError(f"{path}:{line}: {key} {k!r} is listed twice")
+        out[k] = value
+    if not out:
+        raise DataFormatError(f"{path}: no timestamps after the header")
+    return key, out
+
+
+def join_timestamps(df: pd.DataFrame, csv_paths) -> pd.DataFrame:
+    """A copy of manifest ``df`` whose ``timestamp`` is filled from timestamps CSV(s)
+    (:func:`read_timestamps_csv`), joined on ``image_name`` or, for ``track,timestamp`` files, on the
+    manifest's ``track`` column; a CSV value overrides the manifest's own (e.g. VeRi-776 frame stamps)."""
+    import numpy as np
+
+    paths = [csv_paths] if isinstance(csv_paths, (str, os.PathLike)) else list(csv_paths)
+    out = df.copy()
+    times = (out["timestamp"].to_numpy(dtype=np.float64, na_value=np.nan).copy() if "timestamp" in out.columns
+             else np.full(len(out), np.nan))
+    for p in paths:
+        key, table = read_timestamps_csv(p)
+        if key == "image_name":
+            keys = out["image_name"].astype(str).tolist()
+        else:
+            if "track" not in out.columns:
+                raise DataFormatError(f"{p}: a track,timestamp file needs the manifest's 'track' column")
+            keys = [None if pd.isna(t) else int(t) for t in out["track"]]
+        for i, k in enumerate(keys):
+            if k in table:
+                times[i] = table[k]
+    out["timestamp"] = times
+    return out

@@ -6,8 +6,10 @@ Layout: ``image/<imgid>.jpg``, ``train_test_split/train_list.txt`` and ``test_li
 
 Protocol (small / medium / large = 800 / 1600 / 2400 test ids): for each id one random image goes
 to the gallery, all others are queries; this is repeated ten times and the mean reported. Our draws
-are seeded: draw ``k`` of seed ``s`` uses ``numpy.random.default_rng([s, k])`` over the ids in
-ascending order and each id's image names in sorted order, so it is reproducible and recorded.
+are seeded, by the one rule :func:`vreid.evaluate.protocols.vehicleid_gallery_picks` (also used by
+``vreid evaluate --protocol vehicleid``): draw ``k`` of seed ``s`` makes ``numpy.random.default_rng([s, k])``
+and, for each id in ascending order, calls ``integers(n)`` once to pick the gallery image among the id's
+``n`` images sorted by name; so it is reproducible and recorded.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 
 from vreid.data._common import (existing_files, frame, parse_int, read_lines, require_image, require_root)
 from vreid.errors import ConfigError, DataFormatError
+from vreid.evaluate.protocols import vehicleid_gallery_picks
 
 TEST_LISTS = {"small": "test_list_800.txt", "medium": "test_list_1600.txt", "large": "test_list_2400.txt",
               "full": "test_list_13164.txt"}
@@ -82,15 +84,15 @@ class _VehicleID:
     def draw(self, seed: int, draw: int, include_train: bool) -> pd.DataFrame:
         if seed < 0 or draw < 0:
             raise ConfigError(f"VehicleID draw: seed and draw must be >= 0, got seed={seed} draw={draw}")
-        rng = np.random.default_rng([seed, draw])
         by_id: dict[int, list[tuple[str, Path]]] = {}
         for name, vid, path in self.test:
             by_id.setdefault(vid, []).append((name, path))
         records = [self.record(n, v, p, "train") for n, v, p in self.train] if include_train else []
-        for vid in sorted(by_id):
-            images = sorted(by_id[vid])
-            pick = int(rng.integers(len(images)))
-            for i, (name, path) in enumerate(images):
+        vids = sorted(by_id)
+        images_of = {vid: sorted(by_id[vid]) for vid in vids}
+        picks = vehicleid_gallery_picks([len(images_of[v]) for v in vids], seed, draw)
+        for vid, pick in zip(vids, picks):
+            for i, (name, path) in enumerate(images_of[vid]):
                 records.append(self.record(name, vid, path, "gallery" if i == pick else "query"))
         return frame(records, {"format": "vehicleid", "root": str(self.root), "split": self.split,
                                "test_list": TEST_LISTS[self.split], "seed": seed, "draw": draw,

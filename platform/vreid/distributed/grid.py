@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -87,7 +86,9 @@ def grid_trial(config: dict[str, Any]) -> None:
         client.set_tag(run_id, f"eff.{key}", value)
     client.set_terminated(run_id)
     # The final row: also covers a restored trial whose stages had all finished (nothing else reported).
-    ray.tune.report({**{k: final["metrics"].get(k, -1.0) for k in METRIC_KEYS}, "checkpoint_path": final["checkpoint"],
+    # only the metrics the stage measured (no stand-in values): select_best checks grid.metric against them
+    measured = {k: v for k, v in final["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    ray.tune.report({**measured, "checkpoint_path": final["checkpoint"],
                  "stage": cfg.stages[-1], "final": 1, "mlflow_run_id": run_id, "trial_id": trial_id})
 
 
@@ -209,7 +210,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     result_grid = tuner.fit()
-    selection = select_best(result_grid, name, grid.top_k, grid.metric, grid.mode, uri)
+    selection = selection_from_results(result_grid, name, grid.top_k, grid.metric, grid.mode, uri)
     atomic_write_text(exp_dir / SELECTION_FILE, json.dumps(selection, indent=2, sort_keys=True))
     client = MlflowClient(uri)
     for rank, item in enumerate(selection["selected"], 1):
@@ -222,38 +223,66 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
     return selection
 
 
-def select_best(result_grid, name: str, top_k: int, metric: str, mode: str, tracking_uri: str) -> dict[str, Any]:
-    """Best ``top_k`` finished trials by their *final* ``metric`` (the end of the last stage)."""
-    trials, failed = [], []
+def trial_rows(result_grid) -> list[dict[str, Any]]:
+    """One row per trial of a Ray Tune ``ResultGrid``: its id (``trial_id``, which Tune puts in every
+    trial's last result, reported or not), grid point, every numeric metric of its last result, checkpoint,
+    MLflow run and error. A trial counts as finished only if it has no error and sent the final row."""
+    rows = []
     for result in result_grid:
-        found = re.match(r"grid_trial_([0-9a-f]+_\d+)", Path(result.path).name) if result.path else None
-        cfg = result.config or {}
-        metrics = result.metrics or {}
-        trial_id = metrics.get("trial_id") or (found.group(1) if found else "?")
-        entry = {
-            "trial_id": trial_id,
-            "config": cfg.get("grid", {}),
-            "metrics": {k: metrics.get(k) for k in METRIC_KEYS},
+        metrics = dict(result.metrics or {})
+        trial_id = metrics.get("trial_id")
+        if not trial_id:
+            raise VreidError(f"a Ray Tune result without a trial_id (trial folder {result.path})")
+        row = {
+            "trial_id": str(trial_id),
+            "config": (result.config or {}).get("grid", {}),
+            "metrics": {k: v for k, v in metrics.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _TUNE_KEYS},
             "checkpoint_uri": _as_uri(metrics.get("checkpoint_path")),
             "mlflow_run_id": metrics.get("mlflow_run_id"),
         }
         if result.error is not None or not metrics.get("final"):
-            entry["error"] = f"{type(result.error).__name__}: {result.error}" if result.error else "did not finish"
-            failed.append(entry)
-        else:
-            trials.append(entry)
-    reverse = mode == "max"
-    trials.sort(key=lambda e: (e["metrics"].get(metric) or float("-inf")) * (1 if reverse else -1), reverse=True)
-    return {
-        "grid": name,
-        "metric": metric,
-        "mode": mode,
-        "top_k": top_k,
-        "tracking_uri": tracking_uri,
-        "selected": trials[:top_k],
-        "finished": trials,
-        "failed": failed,
-    }
+            row["error"] = f"{type(result.error).__name__}: {result.error}" if result.error else "did not finish"
+        rows.append(row)
+    return rows
+
+
+# bookkeeping keys Tune adds to every result: never a selection metric
+_TUNE_KEYS = {"final", "timestamp", "time_this_iter_s", "time_total_s", "training_iteration", "pid",
+              "time_since_restore", "iterations_since_restore", "done", "epoch", "stage"}
+
+
+def select_best(rows: list[dict[str, Any]], metric: str, mode: str = "max", top_k: int = 1) -> dict[str, list]:
+    """Pure selection: the best ``top_k`` finished rows (no ``error``) by ``rows[i]["metrics"][metric]``.
+
+    ``metric`` must be one every finished trial reported (else a :class:`VreidError` naming it and the
+    metrics the trials do report); a value of 0.0 is a value, not "missing"; NaN or None is refused.
+    Ties keep the rows' order. Returns ``{"selected", "finished" (sorted best first), "failed"}``."""
+    if mode not in ("max", "min"):
+        raise VreidError(f"grid.mode must be 'max' or 'min', got {mode!r}")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise VreidError(f"grid.top_k must be an integer >= 1, got {top_k!r}")
+    finished = [r for r in rows if not r.get("error")]
+    failed = [r for r in rows if r.get("error")]
+    if finished:
+        available = sorted(set().union(*(r.get("metrics", {}).keys() for r in finished)))
+        for r in finished:
+            value = r.get("metrics", {}).get(metric)
+            if value is None:
+                raise VreidError(f"grid.metric '{metric}' is not reported by trial {r['trial_id']}; the trials "
+                                 f"report: {', '.join(available) or '(no metrics)'}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+                raise VreidError(f"grid.metric '{metric}' of trial {r['trial_id']} is {value!r}, not a number")
+    sign = -1.0 if mode == "max" else 1.0
+    ordered = sorted(finished, key=lambda r: sign * float(r["metrics"][metric]))  # stable: ties keep order
+    return {"selected": ordered[:top_k], "finished": ordered, "failed": failed}
+
+
+def selection_from_results(result_grid, name: str, top_k: int, metric: str, mode: str,
+                           tracking_uri: str) -> dict[str, Any]:
+    """The grid's ``selection.json`` content: :func:`select_best` over the trials of ``result_grid``."""
+    chosen = select_best(trial_rows(result_grid), metric, mode, top_k)
+    return {"grid": name, "metric": metric, "mode": mode, "top_k": top_k, "tracking_uri": tracking_uri, **chosen}
 
 
 def _as_uri(path: Optional[str]) -> Optional[str]:

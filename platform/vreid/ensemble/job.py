@@ -156,6 +156,12 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
             raise VreidError(f"validation query manifest {inp.val_query} has no identities (vehicle_id < 0)")
     if not sets:
         raise VreidError("nothing to do: give test and/or validation query/gallery manifests")
+    if chain_cfg.crop_average:
+        from vreid.evaluate.chain import NO_BOX_MESSAGE, boxed_rows
+
+        for pair in (("test_query", "test_gallery"), ("val_query", "val_gallery")):
+            if pair[0] in sets and boxed_rows(sets[pair[0]]) + boxed_rows(sets[pair[1]]) == 0:
+                raise VreidError(f"{inp.chain} ({pair[0]}/{pair[1]}): {NO_BOX_MESSAGE}")
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- one Ray Data pass over the union of all images: each decoded once for all models and views
@@ -204,8 +210,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
         rows.append({"name": f"ensemble of {len(inp.models)} (flip x scales {list(inp.scales)})",
                      **_eval(evaluate_features, fused_all[qi], fused_all[gi], q_df, g_df)})
         tables["single_vs_ensemble"] = rows
-        _, steps = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=True, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
-        tables["postprocess"] = [_rename(r) for r in steps]
+        tables["postprocess"] = postprocess_rows(q_df, g_df, chain_cfg, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
         val_dir = out / "val"
         val_dir.mkdir(exist_ok=True)
         np.save(val_dir / "query_features.npy", fused_all[qi])
@@ -278,6 +283,15 @@ def _chain_inputs(per_model, crops, qi, gi, camera_feats=None):
         kw["q_camera_features"] = camera_feats[qi]
         kw["g_camera_features"] = camera_feats[gi]
     return kw
+
+
+def postprocess_rows(q_df, g_df, chain_cfg, **chain_inputs) -> list[dict[str, Any]]:
+    """This run's Table VI: :func:`vreid.evaluate.chain.run_chain` on the validation split, one row per
+    step (``step``, ``mAP``, ``mAP_top100``, ``rank1``, ``rank5``, ``mINP``), as ``tables.json`` stores it."""
+    from vreid.evaluate.chain import run_chain
+
+    _, steps = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=True, **chain_inputs)
+    return [_rename(r) for r in steps]
 
 
 def _rename(row: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,6 @@ the same is done for the box crop and the two features averaged (sec. IV-C "Crop
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from vreid.evaluate.features import _load, _to_tensor, _views_feature
+from vreid.evaluate.postprocess import fuse_features
 
 
 def decode(path: str) -> Image.Image:
@@ -37,15 +37,7 @@ def multiview_features(model: torch.nn.Module, x: torch.Tensor, scales: Sequence
     return F.normalize(_views_feature(model, x, scales, flip), dim=1)
 
 
-def fuse(features: Sequence[np.ndarray]) -> np.ndarray:
-    """VehicleNet's late fusion: concatenate per-model L2-normalised features, each scaled by
-    1/sqrt(n) so the fused feature has unit norm and every model weighs the same."""
-    if not features:
-        raise ValueError("fuse: no features given")
-    n = len(features)
-    parts = []
-    for f in features:
-        f = np.asarray(f, dtype=np.float32)
-        norm = np.linalg.norm(f, axis=1, keepdims=True)
-        parts.append(f / np.maximum(norm, 1e-12) / math.sqrt(n))
-    return np.concatenate(parts, axis=1)
+def fuse(features: Sequence[np.ndarray], crops: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """VehicleNet's late fusion: :func:`vreid.evaluate.postprocess.fuse_features` (the same function the
+    post-processing chain uses): per-model L2 norm (crop-averaged when ``crops``), concat, 1/sqrt(n)."""
+    return fuse_features(features, crops)

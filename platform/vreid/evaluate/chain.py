@@ -34,8 +34,9 @@ from vreid.evaluate.rerank import re_ranking_features
 @dataclass
 class QueryExpansionConfig:
     enabled: bool = False
-    eps: float = 0.5
+    eps: float = 0.5  # Euclidean radius between L2-normalised query features (in [0, 2])
     min_samples: int = 2
+    include_self: bool = False  # True: cluster mean with the query itself (not the paper's "other queries")
 
 
 @dataclass
@@ -59,7 +60,10 @@ class ReRankingConfig:
 @dataclass
 class TemporalConfig:
     enabled: bool = False
-    tau: float = 1000.0
+    tau: float = 1000.0  # in the timestamps' unit (VeRi-776: frames; a CSV: whatever it holds)
+    # timestamps CSV(s) joined to the manifests (header image_name,timestamp or track,timestamp);
+    # empty: the manifests' own timestamp column (VeRi-776 frame stamps, VeRi-Wild times)
+    csv: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -133,6 +137,10 @@ def _build(cls, data: dict, source: str, prefix: str):
             kwargs[name] = _build(type(default), sub, source, f"{prefix}{key}.")
         else:
             expected = type(default)
+            if expected is list and isinstance(value, str):
+                value = [value]
+            if expected is list and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{source}: '{prefix}{key}' must be a list of paths, got {value!r}")
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -159,6 +167,28 @@ def _column(df, name: str, n: int, default=None) -> np.ndarray | None:
     if name in ("timestamp", "track"):  # nullable columns (pandas Int64 / float with NA): NA -> NaN
         return col.to_numpy(dtype=np.float64, na_value=np.nan)
     return col.to_numpy()
+
+
+NO_BOX_MESSAGE = ("crop_average is on but no query or gallery image has a box (manifest column 'bbox'): "
+                  "re-detect them with `vreid data detect MANIFEST --weights MASKRCNN.pth --out ...`, "
+                  "or switch crop_average off")
+
+
+def _timestamps(df, n: int, csv_paths) -> np.ndarray:
+    """Per row: the time from the timestamps CSV(s) if listed there, else the manifest's; NaN unknown."""
+    if df is not None and csv_paths:
+        from vreid.data.cityflow import join_timestamps
+
+        df = join_timestamps(df, csv_paths)
+    t = _column(df, "timestamp", n)
+    return np.full(n, np.nan) if t is None else np.asarray(t, dtype=np.float64)
+
+
+def boxed_rows(df) -> int:
+    """Rows of ``df`` with a 4-number box (0 when there is no ``bbox`` column)."""
+    if df is None or "bbox" not in df.columns:
+        return 0
+    return sum(1 for b in df["bbox"] if b is not None and not (isinstance(b, float) and np.isnan(b)) and len(b) == 4)
 
 
 def run_chain(
@@ -199,6 +229,34 @@ def run_chain(
     g_ids = _column(g_df, "vehicle_id", n_g)
     q_cams = _column(q_df, "camera", n_q, default=-1)
     g_cams = _column(g_df, "camera", n_g, default=-1)
+    n_boxed = boxed_rows(q_df) + boxed_rows(g_df)
+    if config.crop_average and n_boxed == 0:
+        # without a box the "crop" is the image itself and the step would average a feature with itself
+        raise EvaluationInputError(NO_BOX_MESSAGE)
+    cv = config.camera_verification
+    if cv.enabled and cv.source == "manifest":
+        # the manifests' cameras are ground truth on validation splits and unknown (-1) on the CityFlow
+        # test set, where verification by them would silently do nothing: refuse, point to clusters
+        for what, cams, n in (("query", q_cams, n_q), ("gallery", g_cams, n_g)):
+            unknown = int(np.sum(np.asarray(cams) < 0))
+            if unknown:
+                raise EvaluationInputError(
+                    f"camera_verification.source is 'manifest' but the {what} manifest's camera is unknown "
+                    f"(-1 or no 'camera' column) for {unknown} of {n} images: use source: clusters with a "
+                    "camera model's features (a model trained with data.label_by: camera)")
+    if cv.enabled and cv.source == "clusters" and (q_camera_features is None or g_camera_features is None):
+        raise EvaluationInputError("camera_verification.source is 'clusters' but no camera features given "
+                                   "(a camera model: trained with data.label_by: camera)")
+    qt = gt = None
+    if config.temporal.enabled:
+        qt, gt = _timestamps(q_df, n_q, config.temporal.csv), _timestamps(g_df, n_g, config.temporal.csv)
+        for what, t in (("query", qt), ("gallery", gt)):
+            if np.isnan(t).all():
+                raise EvaluationInputError(
+                    f"temporal is on but no {what} image has a timestamp: give manifests with a 'timestamp' "
+                    "column (VeRi-776 frame stamps, VeRi-Wild times) or temporal.csv: a CSV "
+                    "'image_name,timestamp' or 'track,timestamp' joined to the manifests (the CityFlow "
+                    "release has no times)")
     can_eval = evaluate and q_ids is not None and g_ids is not None and bool(np.all(q_ids >= 0))
     table: list[dict] = []
 
@@ -206,22 +264,17 @@ def run_chain(
         if not can_eval:
             table.append({"step": step})
             return
-        r = evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, max_rank=max(5, config.max_rank),
-                          remove_same_camera=config.remove_same_camera)
-        table.append({"step": step, "mAP": r["mAP"], "CMC@1": float(r["cmc"][0]),
+        kw = dict(max_rank=max(5, config.max_rank), remove_same_camera=config.remove_same_camera)
+        r = evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, **kw)
+        top = evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, ap_mode="top100", **kw)  # AI City's mAP@100
+        table.append({"step": step, "mAP": r["mAP"], "mAP_top100": top["mAP"], "CMC@1": float(r["cmc"][0]),
                       "CMC@5": float(r["cmc"][4]), "mINP": r["mINP"], "queries": r["num_queries"]})
 
     def fuse(qs, gs, crops_q_, crops_g_):
-        out_q, out_g = [], []
-        for i, (a, b) in enumerate(zip(qs, gs)):
-            a, b = pp.l2_normalize(a.astype(np.float32)), pp.l2_normalize(b.astype(np.float32))
-            if crops_q_:
-                a = pp.l2_normalize(a + pp.l2_normalize(crops_q_[i].astype(np.float32)))
-                b = pp.l2_normalize(b + pp.l2_normalize(crops_g_[i].astype(np.float32)))
-            out_q.append(a)
-            out_g.append(b)
-        # Sec. IV-C "Model Ensemble": f = [f^1/|f^1|, ..., f^n/|f^n|]
-        return np.concatenate(out_q, axis=1), np.concatenate(out_g, axis=1)
+        # Sec. IV-C "Model Ensemble" (and "Cropped Images"): the same fusion as the ensemble job; the
+        # fused rows have unit norm, the norm query expansion and track fusion return and the
+        # Euclidean re-ranking then compares on one scale.
+        return (pp.fuse_features(qs, crops_q_ or None), pp.fuse_features(gs, crops_g_ or None))
 
     def distance(a, b) -> np.ndarray:
         return DistanceBlocks(a, b, config.metric).block(0, len(a)).astype(np.float32)
@@ -233,7 +286,7 @@ def run_chain(
         if len(crops_q) != len(models_q) or len(crops_g) != len(models_g):
             raise EvaluationInputError("crop_average is on but q_crop/g_crop do not hold one matrix per model")
         cq, cg = fuse(models_q[:1], models_g[:1], crops_q[:1], crops_g[:1])
-        record("crop_average", distance(cq, cg))
+        record(f"crop_average (boxes: {n_boxed} of {n_q + n_g} images)", distance(cq, cg))
     if config.ensemble:
         cq, cg = fuse(models_q, models_g, crops_q if use_crops else [], crops_g if use_crops else [])
         record(f"ensemble ({len(models_q)} models)", distance(cq, cg))
@@ -245,15 +298,14 @@ def run_chain(
         record("track_fusion", distance(cq, cg))
     if config.query_expansion.enabled:
         cq = pp.query_expansion_dbscan(cq, eps=config.query_expansion.eps,
-                                       min_samples=config.query_expansion.min_samples)
-        record("query_expansion", distance(cq, cg))
+                                       min_samples=config.query_expansion.min_samples,
+                                       include_self=config.query_expansion.include_self)
+        qe = config.query_expansion
+        record(f"query_expansion (eps={qe.eps:g}{', include_self' if qe.include_self else ''})", distance(cq, cg))
 
     masks: list = []
-    cv = config.camera_verification
     if cv.enabled:
         if cv.source == "clusters":
-            if q_camera_features is None or g_camera_features is None:
-                raise EvaluationInputError("camera_verification.source is 'clusters' but no camera features given")
             labels = pp.camera_clusters(np.concatenate([np.asarray(q_camera_features),
                                                         np.asarray(g_camera_features)]), cv.n_clusters, cv.seed)
             vq, vg = labels[:n_q], labels[n_q:]
@@ -262,15 +314,13 @@ def run_chain(
         masks.append(lambda d: pp.camera_verification(d, vq, vg, mode=cv.mode, penalty=cv.penalty))
         record(f"camera_verification ({cv.mode}, {cv.source})", masks[-1](distance(cq, cg)))
     if config.temporal.enabled:
-        qt, gt = _column(q_df, "timestamp", n_q), _column(g_df, "timestamp", n_g)
-        if qt is None or gt is None:
-            raise EvaluationInputError("temporal is on but the manifests have no 'timestamp' column")
         tau = config.temporal.tau
-        masks.append(lambda d: pp.temporal_filter(d, np.asarray(qt, float), np.asarray(gt, float), tau))
+        masks.append(lambda d: pp.temporal_filter(d, qt, gt, tau))
         d = distance(cq, cg)
         for m in masks:
             d = m(d)
-        record(f"temporal (tau={tau:g})", d)
+        record(f"temporal (tau={tau:g}; times known: {int(np.sum(~np.isnan(qt)))}/{n_q} queries, "
+               f"{int(np.sum(~np.isnan(gt)))}/{n_g} gallery)", d)
 
     rr = config.re_ranking
     if rr.enabled:
@@ -299,4 +349,4 @@ def format_table(table: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PostProcessConfig", "run_chain", "format_table"]
+__all__ = ["PostProcessConfig", "run_chain", "format_table", "boxed_rows", "NO_BOX_MESSAGE"]

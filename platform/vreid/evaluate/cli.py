@@ -21,6 +21,12 @@ def register(subparsers) -> None:
                      help="folder with query.parquet/.npy and gallery.parquet/.npy (repeat for an ensemble; "
                           "optional query_crop/gallery_crop for the crop step)")
     src.add_argument("--checkpoint", action="append", help="training checkpoint directory (repeatable)")
+    p.add_argument("--camera-features-dir",
+                   help="with --chain: a camera model's saved features (query.parquet/.npy, gallery.parquet/.npy), "
+                        "clustered for camera_verification.source: clusters (VehicleNet IV-C)")
+    p.add_argument("--camera-checkpoint",
+                   help="with --chain: a camera model checkpoint (trained with data.label_by: camera) whose "
+                        "features are clustered for camera_verification.source: clusters")
     p.add_argument("--split", default="", help="setting name shown in the table (small/medium/large, ...)")
     p.add_argument("--same-camera", choices=["keep", "remove"], default=None,
                    help="VeRi-Wild junk rule (default keep: the dataset authors' protocol)")
@@ -146,6 +152,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     q_df, g_df = _read_manifest(args.query), _read_manifest(args.gallery)
     config = PostProcessConfig.from_yaml(args.chain) if args.chain else None
     want_crops = bool(config and config.crop_average)
+    if want_crops:
+        from vreid.evaluate.chain import NO_BOX_MESSAGE, boxed_rows
+
+        if boxed_rows(q_df) + boxed_rows(g_df) == 0:
+            raise EvaluationInputError(f"{args.chain}: {NO_BOX_MESSAGE}")
     models, crop_sets = [], []
     for src in args.features_dir or []:
         f, c = _features_from_dir(src, q_df, g_df)
@@ -192,8 +203,20 @@ def _evaluate(args: argparse.Namespace) -> int:
         if want_crops and any(c is None for c in q_crop):
             raise EvaluationInputError("the chain's crop_average step needs crop features: query_crop/gallery_crop "
                                        "in each --features-dir, or use --checkpoint")
+        cam_q = cam_g = None
+        if args.camera_features_dir and args.camera_checkpoint:
+            raise EvaluationInputError("give --camera-features-dir or --camera-checkpoint, not both")
+        if args.camera_features_dir:
+            (cam_q, cam_g), _ = _features_from_dir(args.camera_features_dir, q_df, g_df)
+        elif args.camera_checkpoint:
+            (cam_q, cam_g), _ = _features_from_checkpoint(args.camera_checkpoint, q_df, g_df, args, False)
+        cv = config.camera_verification
+        if cv.enabled and cv.source == "clusters" and cam_q is None:
+            raise EvaluationInputError(f"{args.chain}: camera_verification.source is 'clusters': give "
+                                       "--camera-features-dir or --camera-checkpoint (a camera model, "
+                                       "trained with data.label_by: camera)")
         _, table = run_chain([m[0] for m in models], [m[1] for m in models], q_df, g_df, config,
-                             q_crop=q_crop, g_crop=g_crop)
+                             q_crop=q_crop, g_crop=g_crop, q_camera_features=cam_q, g_camera_features=cam_g)
         print()
         print(f"post-processing chain {args.chain}:")
         print(format_table(table))

@@ -150,39 +150,12 @@ def extract_features(model, manifest_df, image_size=(256, 256), scales=(1.0, 0.9
 
 
 def detect_boxes(paths: Sequence[str], weights_path, score_threshold: float = 0.5, device: str = "cpu"):
-    """Re-detect vehicles with torchvision's Mask R-CNN from a *local* weights file (Sec. IV-C).
+    """Re-detect vehicles with torchvision's Mask R-CNN from a *local* weights file (Sec. IV-C): per
+    image the best vehicle box ``[x1, y1, x2, y2]`` or None (:mod:`vreid.data.detect`, ``vreid data detect``)."""
+    from vreid.data.detect import detect_boxes_with, load_maskrcnn
 
-    Returns, per image, the highest-scoring car/motorcycle/bus/truck box ``[x1, y1, x2, y2]`` (0-based,
-    exclusive) or None. No download is ever attempted: a missing file is a clear error.
-    """
-    import torch
-    import torchvision
-
-    weights_path = Path(weights_path)
-    if not weights_path.is_file():
-        raise VreidError(f"Mask R-CNN weights not found at {weights_path}: download "
-                         "maskrcnn_resnet50_fpn_coco weights elsewhere and pass the local file")
-    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-    try:
-        model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    except Exception as exc:  # noqa: BLE001 - any loading failure is a bad weights file
-        raise VreidError(f"{weights_path}: not a Mask R-CNN state dict ({exc})") from None
-    model.eval().to(device)
-    vehicle_labels = {3, 4, 6, 8}  # COCO: car, motorcycle, bus, truck
-    out = []
-    with torch.no_grad():
-        for p in paths:
-            img = _load(p, None, False)
-            t = torch.from_numpy(np.asarray(img, np.float32).transpose(2, 0, 1) / 255.0).to(device)
-            det = model([t])[0]
-            best = None
-            for box, lab, sc in zip(det["boxes"], det["labels"], det["scores"]):
-                if int(lab) in vehicle_labels and float(sc) >= score_threshold:
-                    if best is None or float(sc) > best[0]:
-                        best = (float(sc), [int(math.floor(box[0])), int(math.floor(box[1])),
-                                            int(math.ceil(box[2])), int(math.ceil(box[3]))])
-            out.append(None if best is None else best[1])
-    return out
+    model = load_maskrcnn(weights_path, device=device)
+    return [None if hit is None else hit[0] for hit in detect_boxes_with(model, paths, score_threshold, device)]
 
 
 def _npy_path(path: Path) -> Path:

@@ -19,6 +19,39 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(n, 1e-12)
 
 
+def fuse_features(features, crops=None) -> np.ndarray:
+    """VehicleNet's late fusion (Sec. IV-C "Model Ensemble"), the one used by the chain and the ensemble job.
+
+    ``features``: one (N, d_j) matrix per model (a single matrix is one model). Each model's rows are
+    L2-normalised, f^j / |f^j|; with ``crops`` (one matrix per model, Sec. IV-C "Cropped Images") a
+    model's feature is first the mean of its full-image and box-crop features, each L2-normalised,
+    re-normalised. The per-model parts are concatenated and scaled by 1/sqrt(n): the paper's
+    [f^1/|f^1|, ..., f^n/|f^n|] up to that constant factor, which ranks identically under cosine
+    distance and gives the fused rows unit norm, the norm every later step (query expansion, track
+    fusion, Euclidean re-ranking) keeps and expects.
+    """
+    feats = [features] if isinstance(features, np.ndarray) else list(features)
+    if not feats:
+        raise EvaluationInputError("fuse_features: no features given")
+    crop_list = None if crops is None else ([crops] if isinstance(crops, np.ndarray) else list(crops))
+    if crop_list is not None and len(crop_list) != len(feats):
+        raise EvaluationInputError(f"fuse_features: {len(feats)} models but {len(crop_list)} crop matrices")
+    n_rows = np.asarray(feats[0]).shape[0]
+    parts = []
+    for j, f in enumerate(feats):
+        f = check_features(f"features[{j}]", f).astype(np.float32)
+        if f.shape[0] != n_rows:
+            raise EvaluationInputError(f"fuse_features: model {j} has {f.shape[0]} rows, model 0 has {n_rows}")
+        f = l2_normalize(f)
+        if crop_list is not None:
+            c = check_features(f"crops[{j}]", crop_list[j], dim=f.shape[1]).astype(np.float32)
+            if c.shape[0] != n_rows:
+                raise EvaluationInputError(f"fuse_features: crops[{j}] has {c.shape[0]} rows, expected {n_rows}")
+            f = l2_normalize(f + l2_normalize(c))
+        parts.append(f)
+    return (np.concatenate(parts, axis=1) / np.float32(np.sqrt(len(parts)))).astype(np.float32)
+
+
 def _vector(name: str, values, n: int, dtype=None) -> np.ndarray:
     arr = np.asarray(values, dtype=dtype)
     if arr.ndim != 1 or arr.shape[0] != n:
@@ -27,12 +60,19 @@ def _vector(name: str, values, n: int, dtype=None) -> np.ndarray:
 
 
 def query_expansion_dbscan(qf, eps: float = 0.5, min_samples: int = 2, metric: str = "euclidean",
-                           normalize: bool = True) -> np.ndarray:
-    """VehicleNet's query expansion (Sec. IV-C): DBSCAN over query-query distances; every query in a
-    cluster is replaced by its cluster's mean feature, noise queries are kept as they are.
+                           normalize: bool = True, include_self: bool = False) -> np.ndarray:
+    """VehicleNet's query expansion (Sec. IV-C): "The query feature is updated to the mean feature of
+    the other queries in the same cluster", clusters by DBSCAN over the queries.
 
-    Distances are between L2-normalised features (``euclidean`` or ``cosine``); ``normalize`` re-normalises
-    the output rows. DBSCAN is deterministic (no random choice).
+    The space of ``eps``: DBSCAN runs on the query rows after L2 normalisation; with
+    ``metric="euclidean"`` (default) ``eps`` is a Euclidean radius there, in [0, 2] (eps = 0.5 means
+    cosine similarity >= 1 - eps**2 / 2 = 0.875); with ``metric="cosine"`` it is a bound on 1 - cos.
+    A query is its own neighbour when ``min_samples`` is counted (as in sklearn's DBSCAN).
+    Each clustered query becomes the mean of the *other* members' (unnormalised input) features;
+    noise queries (and a cluster's only member, which has no other) keep their own feature.
+    ``include_self=True`` is the variant that averages over the whole cluster, the query included
+    (not the paper's sentence; kept as a named option). ``normalize`` re-normalises the output rows
+    to unit norm, the norm of the fused features (:func:`fuse_features`). Deterministic.
     """
     from sklearn.cluster import DBSCAN
 
@@ -47,10 +87,15 @@ def query_expansion_dbscan(qf, eps: float = 0.5, min_samples: int = 2, metric: s
     else:
         raise EvaluationInputError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
     labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(d)
-    out = qf.astype(np.float64).copy()
+    src = qf.astype(np.float64)
+    out = src.copy()
     for lab in np.unique(labels[labels >= 0]):
-        members = labels == lab
-        out[members] = qf[members].mean(axis=0)
+        members = np.flatnonzero(labels == lab)
+        total = src[members].sum(axis=0)
+        if include_self:
+            out[members] = total / len(members)
+        elif len(members) > 1:
+            out[members] = (total[None, :] - src[members]) / (len(members) - 1)
     out = out.astype(qf.dtype)
     return l2_normalize(out).astype(qf.dtype) if normalize else out
 
@@ -166,6 +211,7 @@ def camera_clusters(features, n_clusters: int, seed: int = 0) -> np.ndarray:
 
 __all__ = [
     "l2_normalize",
+    "fuse_features",
     "query_expansion_dbscan",
     "alpha_query_expansion",
     "database_augmentation",

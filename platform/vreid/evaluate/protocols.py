@@ -7,8 +7,9 @@ and returns a list of table rows ``{"protocol", "setting", "mAP", "CMC@1", "CMC@
 * VeRi-Wild: ``same_camera="keep"`` (the dataset authors' protocol, nothing junk) or ``"remove"``
   (fast-reid's), recorded in the row's ``same_camera``.
 * VehicleID: no cameras, nothing junk; per draw one random image per id is the gallery and all the
-  others are queries; ``n_draws`` (10) draws seeded by ``numpy.random.default_rng([seed, draw])`` over the
-  id's images in sorted ``image_name`` order; mean and std over draws.
+  others are queries; ``n_draws`` (10) draws by :func:`vehicleid_gallery_picks` (``default_rng([seed,
+  draw])``, one ``integers(n)`` per id in ascending id order over the id's images sorted by
+  ``image_name``); mean and std over draws.
 """
 
 from __future__ import annotations
@@ -66,15 +67,25 @@ def veriwild(qf, gf, q_df, g_df, same_camera: str = "keep", split: str = "", **k
     return evaluate_query_gallery("veriwild", qf, gf, q_df, g_df, same_camera == "remove", split, **kw)
 
 
+def vehicleid_gallery_picks(counts, seed: int, draw: int) -> np.ndarray:
+    """The VehicleID draw rule, the one implementation the reader (:mod:`vreid.data.vehicleid`) and this
+    protocol share: ``rng = numpy.random.default_rng([seed, draw])``; for each id in ascending id order,
+    one call ``rng.integers(n)`` picks the gallery image's index among that id's ``n`` images sorted by
+    image name. ``counts``: the images per id, ids in ascending order. Returns one index per id."""
+    if int(seed) < 0 or int(draw) < 0:
+        raise EvaluationInputError(f"VehicleID draw: seed and draw must be >= 0, got seed={seed} draw={draw}")
+    rng = np.random.default_rng([int(seed), int(draw)])
+    return np.array([int(rng.integers(int(n))) for n in counts], dtype=np.int64)
+
+
 def vehicleid_draw(df, seed: int, draw: int) -> tuple[np.ndarray, np.ndarray]:
-    """(query rows, gallery rows) of one VehicleID draw: one seeded random image per id -> gallery."""
-    names = df["image_name"].astype(str).to_numpy() if "image_name" in df.columns else np.arange(len(df))
+    """(query rows, gallery rows) of one VehicleID draw (:func:`vehicleid_gallery_picks`); independent of
+    the manifest's row order."""
+    names = df["image_name"].astype(str).to_numpy() if "image_name" in df.columns else np.arange(len(df)).astype(str)
     ids = df["vehicle_id"].to_numpy()
     order = np.lexsort((names, ids))  # by id, then name: the draw does not depend on manifest order
-    sorted_ids = ids[order]
-    uniq, starts, counts = np.unique(sorted_ids, return_index=True, return_counts=True)
-    rng = np.random.default_rng([int(seed), int(draw)])
-    pick = starts + (rng.random(len(uniq)) * counts).astype(np.int64)
+    _, starts, counts = np.unique(ids[order], return_index=True, return_counts=True)
+    pick = starts + vehicleid_gallery_picks(counts, seed, draw)
     gallery = np.sort(order[pick])
     query = np.setdiff1d(np.arange(len(df)), gallery)
     return query, gallery
@@ -119,4 +130,4 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PROTOCOLS", "veri776", "cityflow", "veriwild", "vehicleid", "vehicleid_draw", "format_rows"]
+__all__ = ["PROTOCOLS", "veri776", "cityflow", "veriwild", "vehicleid", "vehicleid_draw", "vehicleid_gallery_picks", "format_rows"]
