@@ -159,6 +159,9 @@ class FaissNeighbors:
 
         if self.threads:
             faiss.omp_set_num_threads(int(self.threads))
+        # faiss 1.15 searches a flat index with BLAS only from 128,000 queries at once (the cvar's
+        # default); below that its direct SIMD loop is several times slower than a matrix product here
+        faiss.cvar.distance_compute_blas_threshold = min(int(faiss.cvar.distance_compute_blas_threshold), 20)
         d = x.shape[1]
         mt = faiss.METRIC_INNER_PRODUCT if inner_product else faiss.METRIC_L2
         if self.kind == "flat":
