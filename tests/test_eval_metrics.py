@@ -181,3 +181,107 @@ def test_bad_features():
         evaluate_features(np.ones((2, 5)), gf, [1, 2], [1, 2, 3], [0, 0], [1, 1, 1])
     with pytest.raises(EvaluationInputError, match="qf has 0 rows"):
         evaluate_features(np.ones((0, 4)), gf, [], [1, 2, 3], [], [1, 1, 1])
+
+
+# ----------------------------------------------------------------------------------------------------
+# neighbour backends: faiss's exact (flat) index against brute force, and the kNN evaluation path
+# ----------------------------------------------------------------------------------------------------
+def _brute_knn(q, g, k, metric):
+    """Stable argsort of distances computed in float64 straight from the definition."""
+    q, g = q.astype(np.float64), g.astype(np.float64)
+    if metric == "cosine":
+        qn, gn = q / np.linalg.norm(q, axis=1, keepdims=True), g / np.linalg.norm(g, axis=1, keepdims=True)
+        d = 1.0 - qn @ gn.T
+    else:
+        d = ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+    return d, np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("backend", ["numpy", "torch", "faiss-flat"])
+def test_exact_backends_give_brute_force_ranks(backend, metric):
+    from vreid.evaluate.neighbors import make_backend
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(500, 24)).astype(np.float32)
+    q = rng.normal(size=(40, 24)).astype(np.float32)
+    d_ref, ref = _brute_knn(q, g, 30, metric)
+    nb = make_backend(backend, metric=metric).fit(g)
+    assert nb.exact
+    dist, idx = nb.search(q, 30)
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_allclose(dist, np.take_along_axis(d_ref, ref, axis=1), atol=1e-4)
+    np.testing.assert_allclose(nb.farthest(q), d_ref.max(axis=1), rtol=1e-5, atol=1e-4)
+
+
+def test_faiss_flat_ties_are_reported_honestly():
+    """Integer features give exactly tied distances. Inside the list faiss's results are re-sorted by
+    (distance, index), so they equal numpy's stable ranks; at the k-th place faiss may keep another of the
+    tied items, so there only the distances (and the items strictly closer) must agree."""
+    from vreid.evaluate.neighbors import make_backend
+
+    rng = np.random.default_rng(1)
+    g = rng.integers(0, 3, size=(300, 4)).astype(np.float32)
+    q = rng.integers(0, 3, size=(50, 4)).astype(np.float32)
+    k = 20
+    d_np, i_np = make_backend("numpy").fit(g).search(q, k)
+    d_fa, i_fa = make_backend("faiss-flat").fit(g).search(q, k)
+    np.testing.assert_array_equal(d_fa, d_np)  # integer distances: exact in float32
+    full = ((q[:, None, :] - g[None, :, :]) ** 2).sum(-1)
+    n_boundary_ties = 0
+    for r in range(len(q)):
+        kth = d_np[r, -1]
+        if np.count_nonzero(full[r] <= kth) == k:  # no tie across the cut: the lists are identical
+            np.testing.assert_array_equal(i_fa[r], i_np[r])
+        else:
+            n_boundary_ties += 1
+            below = d_np[r] < kth
+            np.testing.assert_array_equal(i_fa[r][below], i_np[r][below])
+            assert np.all(full[r][i_fa[r][~below]] == kth)
+            assert np.all(np.diff(i_fa[r][~below]) > 0)  # ties inside the list in index order
+    assert n_boundary_ties > 0  # the case is exercised
+
+
+def test_faiss_ivf_visiting_every_list_is_exact_and_hnsw_is_approximate():
+    from vreid.evaluate.neighbors import FaissNeighbors
+
+    rng = np.random.default_rng(2)
+    g = rng.normal(size=(2000, 16)).astype(np.float32)
+    q = rng.normal(size=(50, 16)).astype(np.float32)
+    _, ref = _brute_knn(q, g, 10, "euclidean")
+    ivf = FaissNeighbors("euclidean", index="ivf", nlist=16, nprobe=16).fit(g)
+    assert not ivf.exact and ivf.name == "faiss-ivf"
+    np.testing.assert_array_equal(ivf.search(q, 10)[1], ref)
+    hnsw = FaissNeighbors("euclidean", index="hnsw").fit(g)
+    assert not hnsw.exact
+    got = hnsw.search(q, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, ref)])
+    assert 0.5 < recall <= 1.0
+
+
+@pytest.mark.parametrize("remove", [True, False])
+def test_evaluate_features_with_faiss_flat_equals_exact(remove):
+    rng = np.random.default_rng(4)
+    n_q, n_g, n_ids = 30, 400, 40
+    centres = rng.normal(size=(n_ids, 16))
+    qp, gp = rng.integers(0, n_ids, n_q), rng.integers(0, n_ids, n_g)
+    qc, gc = rng.integers(0, 3, n_q), rng.integers(0, 3, n_g)
+    qf = (centres[qp] + 1.2 * rng.normal(size=(n_q, 16))).astype(np.float32)
+    gf = (centres[gp] + 1.2 * rng.normal(size=(n_g, 16))).astype(np.float32)
+    for metric in ("euclidean", "cosine"):
+        ref = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, remove_same_camera=remove)
+        # the whole gallery listed: the ordinary metrics
+        full = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, remove_same_camera=remove,
+                                 backend="faiss-flat", top_k=n_g)
+        assert full["backend"] == "faiss-flat" and full["top_k"] == n_g
+        assert_same(full, ref)
+        # a 100-long list with AI City's AP@100 equals the exact top100 score, and CMC up to rank 100
+        ref100 = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, remove_same_camera=remove,
+                                   ap_mode="top100", max_rank=100)
+        got100 = evaluate_features(qf, gf, qp, gp, qc, gc, metric=metric, remove_same_camera=remove,
+                                   ap_mode="top100", max_rank=100, backend="faiss-flat", top_k=100)
+        np.testing.assert_allclose(got100["mAP"], ref100["mAP"], atol=1e-12)
+        np.testing.assert_allclose(got100["cmc"], ref100["cmc"], atol=1e-12)
+        assert got100["mINP"] <= ref100["mINP"] + 1e-12  # a lower bound when matches lie beyond the list
+    with pytest.raises(EvaluationInputError, match="neighbour backend"):
+        evaluate_features(qf, gf, qp, gp, qc, gc, backend="annoy")

@@ -1,9 +1,12 @@
 """Ray Data batch inference for the ensemble (needs a Ray cluster).
 
-``read_parquet -> map_batches(EnsembleFeatureActor, compute=ActorPoolStrategy(size=n)) ->
-write_parquet``: each actor loads every selected model once (in ``__init__``), and each image is read
-and decoded once for all models and all views. Output order is not guaranteed, so every row carries
-its ``row`` id and the result is re-ordered by it.
+``read_parquet -> map_batches(decode_stage) -> map_batches(EnsembleFeatureActor,
+compute=ActorPoolStrategy(size=n)) -> write_parquet``. The decode stage is a plain task fused with the
+parquet read: each image is read and decoded once and resized once per distinct model input size, as
+uint8, on a CPU beside the actors. Each actor loads every selected model once (in ``__init__``) and is
+reused for every batch of the job (the ensemble job runs one pass over the union of its image sets),
+so it only normalises pixels and runs forwards. Output order is not guaranteed, so every row carries its
+``row`` id and the result is re-ordered by it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,50 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 
+def _size_key(prefix: str, size: Sequence[int]) -> str:
+    return f"{prefix}_{int(size[0])}x{int(size[1])}"
+
+
+def decode_stage(batch: dict[str, np.ndarray], sizes: Sequence[Sequence[int]], crop: bool) -> dict[str, np.ndarray]:
+    """The read stage's work (a Ray Data task, fused with the parquet read): decode each image once and
+    resize it to every model input size as uint8 (h, w, 3), plus its box crop where ``crop``.
+
+    The resize is :func:`vreid.evaluate.features._to_tensor`'s (PIL bicubic); the float conversion and
+    ImageNet normalisation happen in the actor (:func:`normalise`), so features are bit-identical to the
+    evaluation's extractor while only uint8 pixels travel through the object store."""
+    from vreid.ensemble.views import decode
+    from vreid.evaluate.features import crop_to_box
+
+    images = [decode(str(p)) for p in batch["path"]]
+    out: dict[str, np.ndarray] = {"row": np.asarray(batch["row"], dtype=np.int64)}
+    crops = None
+    if crop and "bbox" in batch:
+        crops = [crop_to_box(im, bb) for im, bb in zip(images, batch["bbox"])]
+        out["has_crop"] = np.array([c is not None for c in crops], dtype=bool)
+    for size in {tuple(int(v) for v in s) for s in sizes}:
+        h, w = size
+        out[_size_key("img", size)] = np.stack([np.asarray(im.resize((w, h), resample=3)) for im in images])
+        if crops is not None:
+            # rows without a box carry their whole image: shape-regular, and never used as a crop
+            out[_size_key("crop", size)] = np.stack(
+                [np.asarray((c if c is not None else im).resize((w, h), resample=3)) for c, im in zip(crops, images)])
+    return out
+
+
+def normalise(u8: np.ndarray):
+    """(b, h, w, 3) uint8 -> (b, 3, h, w) float tensor, the same arithmetic as ``_to_tensor``."""
+    import torch
+
+    from vreid.evaluate.features import IMAGENET_MEAN, IMAGENET_STD
+
+    arr = np.asarray(u8, dtype=np.float32) / 255.0
+    arr = (arr - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))
+
+
 class EnsembleFeatureActor:
-    """One actor of the pool: all models in memory, one decode per image."""
+    """One actor of the pool: all models in memory (loaded once, reused for every batch); it only runs
+    forwards on the read stage's decoded, resized pixels."""
 
     def __init__(self, checkpoints: Sequence[str], scales: Sequence[float], flip: bool, crop_average: bool,
                  device: str = "cpu", threads: int = 1):
@@ -38,25 +83,23 @@ class EnsembleFeatureActor:
         self.crop_average = crop_average
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from vreid.ensemble.views import decode, multiview_features, to_batch
-        from vreid.evaluate.features import crop_to_box
+        from vreid.ensemble.views import multiview_features
 
-        images = [decode(str(p)) for p in batch["path"]]  # decoded once for every model and view
-        crops = None
-        if self.crop_average and "bbox" in batch:
-            crops = [crop_to_box(im, bb) for im, bb in zip(images, batch["bbox"])]
         out: dict[str, np.ndarray] = {"row": np.asarray(batch["row"], dtype=np.int64)}
+        has = np.asarray(batch["has_crop"], dtype=bool) if self.crop_average and "has_crop" in batch else None
         for i, (model, size) in enumerate(self.models):
-            x = to_batch(images, size).to(self.device)
-            f = multiview_features(model, x, self.scales, self.flip)
+            key = _size_key("img", size)
+            if key not in batch:
+                raise RuntimeError(f"batch inference: the read stage produced no {key} pixels for model {i}")
+            f = multiview_features(model, normalise(batch[key]).to(self.device), self.scales, self.flip)
             out[f"feat_{i}"] = f.cpu().numpy().astype(np.float32)
-            if crops is not None:
+            if has is not None:
                 # box crops (VehicleNet IV-C "Cropped Images"); an image without a box keeps its own feature
                 fc = f.clone()
-                idx = [j for j, c in enumerate(crops) if c is not None]
-                if idx:
-                    fc[idx] = multiview_features(model, to_batch([crops[j] for j in idx], size).to(self.device),
-                                                 self.scales, self.flip)
+                idx = np.flatnonzero(has)
+                if len(idx):
+                    px = np.asarray(batch[_size_key("crop", size)])[idx]
+                    fc[idx] = multiview_features(model, normalise(px).to(self.device), self.scales, self.flip)
                 out[f"crop_{i}"] = fc.cpu().numpy().astype(np.float32)
         return out
 
@@ -73,6 +116,7 @@ def extract_ensemble_features(
     use_gpu: bool = False,
     cpus_per_actor: float = 1.0,
     work_dir: Optional[str] = None,
+    decode_cpus: float = 0.5,
 ) -> tuple[list[np.ndarray], Optional[list[np.ndarray]]]:
     """Features of ``paths`` for each checkpoint: ``(features, crop_features)``, one [N, D_i] array per
     model in row order; ``crop_features`` is None unless ``crop_average`` and boxes are given."""
@@ -93,12 +137,19 @@ def extract_ensemble_features(
     ctx.enable_progress_bars = False  # the job prints its own one-line progress
     ctx.enable_operator_progress_bars = False
     ctx.print_on_execution_start = False
-    ds = ray.data.read_parquet(str(index_path))
+    from vreid.train.checkpoint import read_model_config
+
+    sizes = [tuple(read_model_config(str(c).removeprefix("file://"))["image_size"]) for c in checkpoints]
+    crop = crop_average and bboxes is not None
+    ds = ray.data.read_parquet(str(index_path), override_num_blocks=max(1, -(-len(paths) // (4 * batch_size))))
+    # decode + resize in the read tasks, beside the actors' forwards: the actors never wait on JPEG decoding
+    ds = ds.map_batches(decode_stage, fn_kwargs={"sizes": sizes, "crop": crop}, batch_size=batch_size,
+                        batch_format="numpy", num_cpus=decode_cpus)
     ds = ds.map_batches(
         EnsembleFeatureActor,
         fn_constructor_kwargs={
             "checkpoints": [str(c) for c in checkpoints], "scales": list(scales), "flip": flip,
-            "crop_average": crop_average and bboxes is not None, "device": "cuda" if use_gpu else "cpu",
+            "crop_average": crop, "device": "cuda" if use_gpu else "cpu",
             "threads": max(1, int(cpus_per_actor)),
         },
         compute=ray.data.ActorPoolStrategy(size=num_actors),

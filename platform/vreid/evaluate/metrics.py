@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -253,7 +253,8 @@ class _Accumulator:
         else:  # trapezoid
             old = np.where(r_safe > 1, (k - 1) / np.maximum(r_safe - 1, 1.0), 1.0)
             ap = np.where(g, (old + k / r_safe) / 2.0, 0.0).sum(axis=1) / n
-        first = r[:, 0].astype(np.int64)
+        # a query whose true matches all lie beyond a truncated list (a kNN backend) has first = inf
+        first = np.minimum(r[:, 0], self.max_rank + 1).astype(np.int64)
         last = r[np.arange(r.shape[0]), n_true[use] - 1]
         self.inp_sum += float((n / last).sum())
         self.ap_sum += float(ap.sum())
@@ -384,7 +385,10 @@ class DistanceBlocks:
     Euclidean distance, so rankings are the same; it is what re-id toolboxes rank by).
     """
 
-    def __init__(self, qf, gf, metric: str = "cosine"):
+    def __init__(self, qf, gf, metric: str = "cosine", device: str = "numpy"):
+        if device not in ("numpy", "torch"):
+            raise EvaluationInputError(f"device must be 'numpy' or 'torch', got {device!r}")
+        self.device = device
         if metric not in METRICS:
             raise EvaluationInputError(f"metric must be one of {METRICS}, got {metric!r}")
         self.gf = check_features("gf", gf)
@@ -404,7 +408,14 @@ class DistanceBlocks:
 
     def block(self, start: int, stop: int) -> np.ndarray:
         q = self.qf[start:stop].astype(self.dtype, copy=False)
-        sim = q @ self.gf.T
+        if self.device == "torch":
+            import torch
+
+            if not hasattr(self, "_tg"):
+                self._tg = torch.from_numpy(np.ascontiguousarray(self.gf, dtype=self.dtype))
+            sim = (torch.from_numpy(np.ascontiguousarray(q)) @ self._tg.T).numpy()
+        else:
+            sim = q @ self.gf.T
         if self.metric == "cosine":
             sim *= self.q_inv[start:stop, None]
             sim *= self.g_inv[None, :]
@@ -434,15 +445,34 @@ def evaluate_features(
     remove_same_camera: bool = True,
     ap_mode: str = "standard",
     n_threads: int = 2,
+    backend="numpy",
+    top_k: int | None = None,
 ) -> dict:
     """:func:`evaluate_rank` on features, in query chunks: memory is O(chunk_size x n_gallery).
 
     The full distance matrix and its argsort are never materialised, so VeRi-Wild large (10,000 x
     128,517, 2048-d) runs in bounded memory: the gallery features plus two chunk-sized blocks per thread.
+
+    ``backend`` (:mod:`vreid.evaluate.neighbors`): ``"numpy"`` (default) or ``"torch"`` rank the whole
+    gallery exactly (``torch`` only computes the distance blocks). A kNN backend (``"faiss-flat"``,
+    ``"faiss-ivf"``, ``"faiss-hnsw"`` or a backend object) ranks only each query's ``top_k`` nearest
+    non-junk gallery items (default 100): true matches beyond the list count as not retrieved, so AP
+    sums only the retrieved matches over all ``n_true`` (with ``ap_mode="top100"`` and ``top_k >= 100``
+    that is exactly the AI City score), CMC is exact up to rank ``top_k``, and mINP is a lower bound (0
+    for a query whose last true match is beyond the list). With ``"faiss-flat"`` and ``top_k`` the
+    gallery size the result equals the exact one (to faiss's float rounding).
     """
     _check_common(max_rank, ap_mode)
-    blocks = DistanceBlocks(qf, gf, metric)
-    n_q, n_g = blocks.shape
+    if isinstance(backend, str) and backend in ("numpy", "torch"):
+        blocks = DistanceBlocks(qf, gf, metric, device=backend)
+        n_q, n_g = blocks.shape
+    else:
+        from vreid.evaluate.neighbors import make_backend
+
+        nb = make_backend(backend, metric=metric)
+        gf = check_features("gf", gf)
+        qf = check_features("qf", qf, dim=gf.shape[1])
+        n_q, n_g = qf.shape[0], gf.shape[0]
     if n_q == 0:
         raise EvaluationInputError("the query set is empty (qf has 0 rows)")
     if n_g == 0:
@@ -451,9 +481,93 @@ def evaluate_features(
                                                     "qf/gf")
     gindex = _GalleryIndex(g_pids, g_camids)
     acc = _Accumulator(int(max_rank), ap_mode)
-    step = chunk_size or _default_chunk(n_g, budget_bytes=96 << 20)
-    _run_chunks(blocks.iter_blocks(step), q_pids, q_camids, gindex, remove_same_camera, acc,
-                "distance", n_threads)
+    if isinstance(backend, str) and backend in ("numpy", "torch"):
+        step = chunk_size or _default_chunk(n_g, budget_bytes=96 << 20)
+        _run_chunks(blocks.iter_blocks(step), q_pids, q_camids, gindex, remove_same_camera, acc,
+                    "distance", n_threads)
+        return acc.result()
+    top_k = 100 if top_k is None else int(top_k)
+    if top_k < 1:
+        raise EvaluationInputError(f"top_k must be >= 1, got {top_k}")
+    nb.fit(gf)
+    step = chunk_size or 1024
+    for s in range(0, n_q, step):
+        e = min(s + step, n_q)
+        acc.add(*_list_ranks(nb, qf[s:e], q_pids[s:e], q_camids[s:e], g_pids, g_camids, gindex,
+                             remove_same_camera, top_k))
+    res = acc.result()
+    res["top_k"] = min(top_k, n_g)
+    res["backend"] = getattr(nb, "name", type(nb).__name__)
+    return res
+
+
+def _list_ranks(nb, qf, q_pids, q_camids, g_pids, g_camids, gindex: _GalleryIndex, remove_same_camera: bool,
+                top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of each query's true matches within its ``top_k`` nearest non-junk items from backend
+    ``nb``; ``(ranks, good)`` as :func:`_chunk_ranks` returns them, ``inf`` for matches not retrieved."""
+    idx, valid = gindex.candidates(q_pids)
+    if remove_same_camera:
+        junk_c = valid & (gindex.g_camids[idx] == q_camids[:, None])
+    else:
+        junk_c = np.zeros_like(valid)
+    n_true = (valid & ~junk_c).sum(axis=1)
+    # junk items in the list do not count: ask for as many more as the worst query in the chunk has
+    extra = int(junk_c.sum(axis=1).max()) if junk_c.size else 0
+    _, lst = nb.search(qf, top_k + extra)
+    ok = lst >= 0
+    safe = np.where(ok, lst, 0)
+    same = ok & (g_pids[safe] == q_pids[:, None])
+    junk = same & (g_camids[safe] == q_camids[:, None]) if remove_same_camera else np.zeros_like(same)
+    pos = np.cumsum(ok & ~junk, axis=1)  # 1-based rank among the non-junk items listed
+    good = same & ~junk & (pos <= top_k)
+    width = max(1, int(n_true.max()) if len(n_true) else 1)
+    ranks = np.full((len(q_pids), width), np.inf)
+    found = np.where(good, pos, np.iinfo(np.int64).max)
+    found.sort(axis=1)
+    take = min(width, found.shape[1])
+    ranks[:, :take] = np.where(found[:, :take] < np.iinfo(np.int64).max, found[:, :take], np.inf)
+    good_mask = np.arange(width)[None, :] < n_true[:, None]
+    return ranks, good_mask
+
+
+def evaluate_blocks(
+    blocks: Iterable[tuple[int, np.ndarray]],
+    shape: tuple[int, int],
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank: int = 50,
+    remove_same_camera: bool = True,
+    ap_mode: str = "standard",
+    n_threads: int = 2,
+) -> dict:
+    """:func:`evaluate_rank` on a (n_query, n_gallery) distance matrix given as ``(start, block)`` query
+    chunks in order (e.g. :func:`vreid.evaluate.rerank.iter_re_ranking_features`): each chunk is ranked
+    as it arrives and dropped, so the matrix is never held."""
+    _check_common(max_rank, ap_mode)
+    n_q, n_g = int(shape[0]), int(shape[1])
+    if n_q == 0 or n_g == 0:
+        raise EvaluationInputError(f"the distance matrix is empty (shape {shape})")
+    q_pids, g_pids, q_camids, g_camids = _check_ids(q_pids, g_pids, q_camids, g_camids, n_q, n_g,
+                                                    "the distance blocks")
+    gindex = _GalleryIndex(g_pids, g_camids)
+    acc = _Accumulator(int(max_rank), ap_mode)
+
+    def checked() -> Iterator[tuple[int, np.ndarray]]:
+        expect = 0
+        for start, block in blocks:
+            block = np.asarray(block)
+            if start != expect or block.ndim != 2 or block.shape[1] != n_g or start + block.shape[0] > n_q:
+                raise EvaluationInputError(
+                    f"distance block at query {start} with shape {block.shape} does not continue a "
+                    f"({n_q}, {n_g}) matrix at row {expect}")
+            expect = start + block.shape[0]
+            yield start, block
+        if expect != n_q:
+            raise EvaluationInputError(f"distance blocks cover {expect} of {n_q} queries")
+
+    _run_chunks(checked(), q_pids, q_camids, gindex, remove_same_camera, acc, "distance", n_threads)
     return acc.result()
 
 
@@ -508,6 +622,7 @@ __all__ = [
     "DistanceBlocks",
     "evaluate_rank",
     "evaluate_features",
+    "evaluate_blocks",
     "check_features",
     "top_k_indices",
     "chunked_top_k",

@@ -24,7 +24,7 @@ original (with that stable sort) kept for the tests and the benchmark only.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import scipy.sparse as sp
@@ -93,26 +93,88 @@ def _expanded_sets(R: np.ndarray, Rh: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.concatenate(rows_out), np.concatenate(cols_out)
 
 
-def _rerank_core(
-    n_query: int,
-    n_all: int,
-    rows_fn: Callable[[int, int], np.ndarray],
-    entries_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    qg_fn: Callable[[int, int], np.ndarray],
-    k1: int,
-    k2: int,
-    lambda_value: float,
-    block: int = 512,
-    n_threads: int = 2,
-) -> np.ndarray:
-    """The algorithm on T (the transpose of the (query+gallery) distance matrix), given by row blocks.
+class _ReRanker:
+    """The algorithm on T (the transpose of the (query+gallery) distance matrix), stage by stage.
 
-    ``rows_fn(a, b)`` returns rows a..b of T (unsquared distances); ``entries_fn(i, j)`` returns T[i, j]
-    for index arrays; ``qg_fn(a, b)`` returns T[a:b, n_query:] (query rows, gallery columns).
-    Returns the float32 (n_query, n_all - n_query) re-ranked distance.
+    Built from the kNN structure: ``knn`` (n, width) top neighbours of each row of T (ties by index),
+    ``rowmax`` (n,) the maximum of each row of the *squared* distances, and ``entries_fn(i, j)`` giving
+    T[i, j] (unsquared) for index arrays. :meth:`blocks` then yields the final distance of query chunks.
     """
-    n = n_all
-    width = min(max(k1 + 1, k2), n)
+
+    def __init__(self, n_query: int, knn: np.ndarray, rowmax: np.ndarray,
+                 entries_fn: Callable[[np.ndarray, np.ndarray], np.ndarray], k1: int, k2: int,
+                 lambda_value: float):
+        n = knn.shape[0]
+        if np.any(rowmax <= 0):
+            bad = int(np.flatnonzero(rowmax <= 0)[0])
+            raise EvaluationInputError(f"all distances of item {bad} are zero; re-ranking needs a positive maximum")
+        self.n_query, self.n, self.rowmax, self.lambda_value = n_query, n, rowmax, float(lambda_value)
+
+        def orig(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            return np.power(entries_fn(i, j), 2).astype(np.float32) / rowmax[i]
+
+        R = _kreciprocal(knn, k1)
+        Rh = _kreciprocal(knn, int(np.around(k1 / 2.0)))
+        rr, cc = _expanded_sets(R, Rh)
+        del R, Rh
+        w = np.exp(-orig(rr, cc)).astype(np.float64)
+        w /= np.bincount(rr, weights=w, minlength=n)[rr]
+        V = sp.csr_matrix((w, (rr, cc)), shape=(n, n))
+        del rr, cc, w
+        if k2 != 1:
+            kk = min(k2, n)
+            A = sp.csr_matrix((np.full(n * kk, 1.0 / kk), (np.repeat(np.arange(n), kk), knn[:, :kk].ravel())),
+                              shape=(n, n))
+            V = (A @ V).tocsr()
+        V.sort_indices()
+        self.V = V
+        self.Vc = V.tocsc()
+        self.Vc.sort_indices()
+        self.col_nnz = np.diff(self.Vc.indptr)
+        self.row_nnz = np.diff(V.indptr)
+
+    def blocks(self, qg_fn: Callable[[int, int], np.ndarray], load_limit: int = 4 << 20,
+               cell_limit: int = 16 << 20) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, final)`` per query chunk: ``final`` the float32 (c, n_gallery) re-ranked
+        distance of queries start..start+c; ``qg_fn(a, b)`` gives their unsquared query-gallery distances.
+
+        A chunk grows while its (query, k, gallery) triples stay under ``load_limit`` and its dense
+        (c, n_gallery) block under ``cell_limit`` cells."""
+        V, Vc, col_nnz, row_nnz = self.V, self.Vc, self.col_nnz, self.row_nnz
+        n_query, n_g = self.n_query, self.n - self.n_query
+        lam = self.lambda_value
+        max_rows = max(1, cell_limit // max(1, n_g))
+        s = 0
+        while s < n_query:
+            e = s + 1
+            load = int(col_nnz[V.indices[V.indptr[s]:V.indptr[s + 1]]].sum())
+            while e < n_query and e - s < max_rows and load < load_limit:
+                load += int(col_nnz[V.indices[V.indptr[e]:V.indptr[e + 1]]].sum())
+                e += 1
+            lo, hi = V.indptr[s], V.indptr[e]
+            ks = V.indices[lo:hi]
+            vi = V.data[lo:hi]
+            ri = np.repeat(np.arange(e - s), row_nnz[s:e])
+            lengths = col_nnz[ks]
+            total = int(lengths.sum())
+            rep = np.repeat(np.arange(len(ks)), lengths)
+            starts = np.repeat(Vc.indptr[ks] - (np.cumsum(lengths) - lengths), lengths)
+            pos = starts + np.arange(total)
+            j = Vc.indices[pos]
+            mins = np.minimum(vi[rep], Vc.data[pos])
+            gal = j >= n_query
+            flat = ri[rep][gal] * n_g + (j[gal] - n_query)
+            tmin = np.bincount(flat, weights=mins[gal], minlength=(e - s) * n_g).reshape(e - s, n_g)
+            jaccard = 1.0 - tmin / (2.0 - tmin)
+            od = np.power(qg_fn(s, e), 2).astype(np.float32) / self.rowmax[s:e, None]
+            yield s, (jaccard * (1.0 - lam) + od * lam).astype(np.float32)
+            s = e
+
+
+def _exact_knn(n: int, width: int, rows_fn: Callable[[int, int], np.ndarray], block: int = 512,
+               n_threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``width`` of every row of T (the original's squared, float32, row-normalised values; ties by
+    index) and each row's squared maximum, from row blocks ``rows_fn(a, b)`` of unsquared distances."""
     knn = np.empty((n, width), dtype=np.int64)
     rowmax = np.empty(n, dtype=np.float32)
 
@@ -120,64 +182,23 @@ def _rerank_core(
         e = min(s + block, n)
         sq = np.power(rows_fn(s, e), 2).astype(np.float32)
         m = sq.max(axis=1)
-        if np.any(m <= 0):
-            bad = s + int(np.flatnonzero(m <= 0)[0])
-            raise EvaluationInputError(f"all distances of item {bad} are zero; re-ranking needs a positive maximum")
         rowmax[s:e] = m
-        sq /= m[:, None]
+        sq /= np.where(m > 0, m, 1)[:, None]
         knn[s:e] = top_k_indices(sq, width)
 
     # blocks are independent and numpy's sort / BLAS / ufuncs release the GIL: use both cores
     with ThreadPoolExecutor(max_workers=max(1, min(n_threads, (n + block - 1) // block))) as pool:
         list(pool.map(knn_block, range(0, n, block)))
+    return knn, rowmax
 
-    def orig(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        return np.power(entries_fn(i, j), 2).astype(np.float32) / rowmax[i]
 
-    R = _kreciprocal(knn, k1)
-    Rh = _kreciprocal(knn, int(np.around(k1 / 2.0)))
-    rr, cc = _expanded_sets(R, Rh)
-    w = np.exp(-orig(rr, cc)).astype(np.float64)
-    w /= np.bincount(rr, weights=w, minlength=n)[rr]
-    V = sp.csr_matrix((w, (rr, cc)), shape=(n, n))
-    if k2 != 1:
-        kk = min(k2, n)
-        A = sp.csr_matrix((np.full(n * kk, 1.0 / kk), (np.repeat(np.arange(n), kk), knn[:, :kk].ravel())),
-                          shape=(n, n))
-        V = (A @ V).tocsr()
-    V.sort_indices()
-    Vc = V.tocsc()
-    Vc.sort_indices()
-    n_g = n - n_query
-    out = np.empty((n_query, n_g), dtype=np.float32)
-    col_nnz = np.diff(Vc.indptr)
-    row_nnz = np.diff(V.indptr)
-    s = 0
-    while s < n_query:
-        # grow the block while the number of (query, k, gallery) triples stays bounded
-        e = s + 1
-        load = int(col_nnz[V.indices[V.indptr[s]:V.indptr[s + 1]]].sum())
-        while e < n_query and load < (4 << 20):
-            load += int(col_nnz[V.indices[V.indptr[e]:V.indptr[e + 1]]].sum())
-            e += 1
-        lo, hi = V.indptr[s], V.indptr[e]
-        ks = V.indices[lo:hi]
-        vi = V.data[lo:hi]
-        ri = np.repeat(np.arange(e - s), row_nnz[s:e])
-        lengths = col_nnz[ks]
-        total = int(lengths.sum())
-        rep = np.repeat(np.arange(len(ks)), lengths)
-        starts = np.repeat(Vc.indptr[ks] - (np.cumsum(lengths) - lengths), lengths)
-        pos = starts + np.arange(total)
-        j = Vc.indices[pos]
-        mins = np.minimum(vi[rep], Vc.data[pos])
-        gal = j >= n_query
-        flat = ri[rep][gal] * n_g + (j[gal] - n_query)
-        tmin = np.bincount(flat, weights=mins[gal], minlength=(e - s) * n_g).reshape(e - s, n_g)
-        jaccard = 1.0 - tmin / (2.0 - tmin)
-        od = np.power(qg_fn(s, e), 2).astype(np.float32) / rowmax[s:e, None]
-        out[s:e] = jaccard * (1.0 - lambda_value) + od * lambda_value
-        s = e
+def _rerank_core(n_query, n_all, rows_fn, entries_fn, qg_fn, k1, k2, lambda_value, block=512):
+    width = min(max(k1 + 1, k2), n_all)
+    knn, rowmax = _exact_knn(n_all, width, rows_fn, block)
+    rr = _ReRanker(n_query, knn, rowmax, entries_fn, k1, k2, lambda_value)
+    out = np.empty((n_query, n_all - n_query), dtype=np.float32)
+    for s, b in rr.blocks(qg_fn):
+        out[s:s + b.shape[0]] = b
     return out
 
 
@@ -227,50 +248,144 @@ def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_v
                         float(lambda_value))
 
 
-def re_ranking_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                        metric: str = "euclidean", block: int = 512) -> np.ndarray:
-    """:func:`re_ranking` computing its own distances from features, block by block.
+class _FeatureDistances:
+    """Distances among the (query + gallery) features, computed on demand: row blocks, single entries and
+    query-gallery blocks. ``metric="euclidean"``: Euclidean distance (what the original code is fed);
+    ``"cosine"``: 1 - cos. ``device="torch"`` computes the products with torch."""
 
-    ``metric="euclidean"``: Euclidean distance (what the original code is fed); ``"cosine"``: 1 - cos.
-    The distance between all (query + gallery) items is never held: only one block of rows at a time.
-    """
-    _check_params(k1, k2, lambda_value)
-    if metric not in ("euclidean", "cosine"):
-        raise EvaluationInputError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    gf = check_features("gf", gf)
-    qf = check_features("qf", qf, dim=gf.shape[1])
-    if qf.shape[0] == 0 or gf.shape[0] == 0:
-        raise EvaluationInputError("re-ranking needs at least one query (qf) and one gallery item (gf)")
-    feats = np.concatenate([qf, gf], axis=0).astype(np.float32, copy=False)
-    if metric == "cosine":
-        norms = np.linalg.norm(feats, axis=1, keepdims=True)
-        if np.any(norms == 0):
-            raise EvaluationInputError("qf/gf has an all-zero row; cosine distance is undefined")
-        feats = feats / norms
-    sqn = np.einsum("ij,ij->i", feats, feats)
-
-    def rows_fn(a: int, b: int, c: int = 0) -> np.ndarray:
-        g = feats[a:b] @ feats[c:].T
+    def __init__(self, qf, gf, metric: str, device: str = "numpy"):
+        if metric not in ("euclidean", "cosine"):
+            raise EvaluationInputError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+        gf = check_features("gf", gf)
+        qf = check_features("qf", qf, dim=gf.shape[1])
+        if qf.shape[0] == 0 or gf.shape[0] == 0:
+            raise EvaluationInputError("re-ranking needs at least one query (qf) and one gallery item (gf)")
+        feats = np.concatenate([qf, gf], axis=0).astype(np.float32, copy=False)
         if metric == "cosine":
+            norms = np.linalg.norm(feats, axis=1, keepdims=True)
+            if np.any(norms == 0):
+                raise EvaluationInputError("qf/gf has an all-zero row; cosine distance is undefined")
+            feats = feats / norms
+        self.feats, self.metric, self.n_query = feats, metric, qf.shape[0]
+        self.sqn = np.einsum("ij,ij->i", feats, feats)
+        self.device = device
+        if device == "torch":
+            import torch
+
+            self._t = torch.from_numpy(feats)
+
+    def rows(self, a: int, b: int, c: int = 0) -> np.ndarray:
+        if self.device == "torch":
+            g = (self._t[a:b] @ self._t[c:].T).numpy()
+        else:
+            g = self.feats[a:b] @ self.feats[c:].T
+        if self.metric == "cosine":
             return 1.0 - g
-        d2 = sqn[a:b, None] + sqn[None, c:] - 2.0 * g
+        d2 = self.sqn[a:b, None] + self.sqn[None, c:] - 2.0 * g
         return np.sqrt(np.maximum(d2, 0.0))
 
-    def entries_fn(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    def query_gallery(self, a: int, b: int) -> np.ndarray:
+        return self.rows(a, b, self.n_query)
+
+    def entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         out = np.empty(len(i), dtype=np.float32)
         for s in range(0, len(i), 1 << 16):
-            fi, fj = feats[i[s:s + (1 << 16)]], feats[j[s:s + (1 << 16)]]
+            fi, fj = self.feats[i[s:s + (1 << 16)]], self.feats[j[s:s + (1 << 16)]]
             g = np.einsum("ij,ij->i", fi, fj)
-            if metric == "cosine":
+            if self.metric == "cosine":
                 out[s:s + len(g)] = 1.0 - g
             else:
-                d2 = sqn[i[s:s + len(g)]] + sqn[j[s:s + len(g)]] - 2.0 * g
+                d2 = self.sqn[i[s:s + len(g)]] + self.sqn[j[s:s + len(g)]] - 2.0 * g
                 out[s:s + len(g)] = np.sqrt(np.maximum(d2, 0.0))
         return out
 
-    n_q = qf.shape[0]
-    return _rerank_core(n_q, feats.shape[0], rows_fn, entries_fn, lambda a, b: rows_fn(a, b, n_q),
-                        int(k1), int(k2), float(lambda_value), block=block)
+
+def iter_re_ranking_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                             metric: str = "euclidean", backend="numpy", block: int = 512,
+                             cell_limit: int = 16 << 20) -> Iterator[tuple[int, np.ndarray]]:
+    """k-reciprocal re-ranking from features, yielded one chunk of queries at a time.
+
+    Yields ``(start, final)`` with ``final`` the float32 (c, n_gallery) re-ranked distances of queries
+    ``start .. start + c``, in query order. Only one chunk of the result exists at a time, so the
+    consumer (metrics, a top-100 list) decides what is kept: VeRi-Wild large (10,000 x 128,517) never
+    holds its 5 GB result. Besides the features, memory is the kNN table ((Q+G) x (k1+1)), the sparse V
+    and one block of ``block`` rows of distances per thread.
+
+    ``backend`` is the kNN stage's neighbour backend (:mod:`vreid.evaluate.neighbors`): ``"numpy"``
+    (default) or ``"torch"`` compute the original's neighbour lists exactly (equal to the dense algorithm
+    to float rounding); a faiss backend (``"faiss-flat"`` exact, ``"faiss-ivf"`` / ``"faiss-hnsw"``
+    approximate, or a backend object) gives the top-(k1+1) lists and each row's maximum; every distance
+    the algorithm then uses is recomputed exactly from the features.
+    """
+    _check_params(k1, k2, lambda_value)
+    k1, k2 = int(k1), int(k2)
+    from vreid.evaluate.neighbors import make_backend
+
+    device = backend if isinstance(backend, str) and backend in ("numpy", "torch") else "numpy"
+    fd = _FeatureDistances(qf, gf, metric, device=device)
+    n = fd.feats.shape[0]
+    width = min(max(k1 + 1, k2), n)
+    if backend is None or (isinstance(backend, str) and backend in ("numpy", "torch")):
+        knn, rowmax = _exact_knn(n, width, fd.rows, block)
+    else:
+        nb = make_backend(backend, metric=metric).fit(fd.feats)
+        _, knn = nb.search(fd.feats, width)
+        if np.any(knn < 0):
+            raise EvaluationInputError(f"the {getattr(nb, 'name', 'neighbour')} backend returned fewer than "
+                                       f"{width} neighbours for some items")
+        far = nb.farthest(fd.feats)  # squared Euclidean, or 1 - cos
+        rowmax = (far if metric == "euclidean" else far ** 2).astype(np.float32)
+        del nb
+    rr = _ReRanker(fd.n_query, knn, rowmax, fd.entries, k1, k2, lambda_value)
+    del knn
+    yield from rr.blocks(fd.query_gallery, cell_limit=cell_limit)
+
+
+def re_ranking_features(qf, gf, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                        metric: str = "euclidean", block: int = 512, backend="numpy") -> np.ndarray:
+    """:func:`re_ranking` computing its own distances from features, block by block; returns the whole
+    float32 (Q, G) result. For galleries whose result should not be held, use
+    :func:`iter_re_ranking_features`, :func:`re_ranking_top_k` or :func:`evaluate_re_ranking`."""
+    n_q, n_g = np.shape(qf)[0], np.shape(gf)[0]
+    out = None
+    for s, b in iter_re_ranking_features(qf, gf, k1, k2, lambda_value, metric, backend, block):
+        if out is None:
+            out = np.empty((n_q, n_g), dtype=np.float32)
+        out[s:s + b.shape[0]] = b
+    return out
+
+
+def re_ranking_top_k(qf, gf, k: int = 100, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                     metric: str = "euclidean", backend="numpy", block: int = 512
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best gallery items of each query after re-ranking (an AI City submission's 100-long
+    lists): ``(indices, distances)``, each (Q, k), ascending, ties by gallery index. Memory is one query
+    chunk of the re-ranked distances, not the (Q, G) matrix."""
+    n_q, n_g = np.shape(qf)[0], np.shape(gf)[0]
+    k = min(int(k), n_g)
+    if k < 1:
+        raise EvaluationInputError(f"k must be >= 1, got {k}")
+    idx = np.empty((n_q, k), dtype=np.int64)
+    dist = np.empty((n_q, k), dtype=np.float32)
+    for s, b in iter_re_ranking_features(qf, gf, k1, k2, lambda_value, metric, backend, block):
+        i = top_k_indices(b, k)
+        idx[s:s + len(i)] = i
+        dist[s:s + len(i)] = np.take_along_axis(b, i, axis=1)
+    return idx, dist
+
+
+def evaluate_re_ranking(qf, gf, q_pids, g_pids, q_camids, g_camids, k1: int = 20, k2: int = 6,
+                        lambda_value: float = 0.3, metric: str = "euclidean", backend="numpy",
+                        max_rank: int = 50, remove_same_camera: bool = True, ap_mode: str = "standard",
+                        block: int = 512) -> dict:
+    """CMC / mAP / mINP of the re-ranked distances (the semantics of
+    :func:`vreid.evaluate.metrics.evaluate_rank`), accumulated chunk by chunk as re-ranking yields them."""
+    from vreid.evaluate.metrics import evaluate_blocks
+
+    n_q, n_g = np.shape(qf)[0], np.shape(gf)[0]
+    return evaluate_blocks(iter_re_ranking_features(qf, gf, k1, k2, lambda_value, metric, backend, block),
+                           (n_q, n_g), q_pids, g_pids, q_camids, g_camids, max_rank=max_rank,
+                           remove_same_camera=remove_same_camera, ap_mode=ap_mode)
 
 
 def re_ranking_dense_reference(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6,
@@ -345,4 +460,5 @@ def re_ranking_dense_reference(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: i
     return final_dist
 
 
-__all__ = ["re_ranking", "re_ranking_features", "re_ranking_dense_reference"]
+__all__ = ["re_ranking", "re_ranking_features", "iter_re_ranking_features", "re_ranking_top_k",
+           "evaluate_re_ranking", "re_ranking_dense_reference"]
