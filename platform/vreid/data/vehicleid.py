@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from vreid.data._common import (existing_files, frame, parse_int, read_lines, require_image, require_root)
+from vreid.data._common import (check_consistent, existing_files, frame, parse_int, read_lines, require_image, require_root)
 from vreid.errors import ConfigError, DataFormatError
 
 TEST_LISTS = {"small": "test_list_800.txt", "medium": "test_list_1600.txt", "large": "test_list_2400.txt",
@@ -47,13 +47,13 @@ def _read_pairs(path: Path, files: set[str], folder: Path) -> list[tuple[str, in
 def _read_attribute(path: Path) -> dict[int, str]:
     if not path.is_file():
         return {}
-    out = {}
+    seen: dict = {}
     for line, text in read_lines(path, "VehicleID attribute file"):
         parts = text.split()
         if len(parts) != 2:
             raise DataFormatError(f"{path}:{line}: expected '<vid> <attribute>', got {text!r}")
-        out[parse_int(parts[0], "vehicle id", f"{path}:{line}")] = parts[1]
-    return out
+        check_consistent(seen, parse_int(parts[0], "vehicle id", f"{path}:{line}"), parts[1], path, line, "vehicle")
+    return {k: v for k, (v, _) in seen.items()}
 
 
 class _VehicleID:
