@@ -34,8 +34,11 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-def read_lines(path: Path, what: str) -> list[tuple[int, str]]:
-    """Non-blank lines of a text file as ``(1-based line number, stripped text)``."""
+def read_lines(path: Path, what: str, allow_empty: bool = False) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file as ``(1-based line number, stripped text)``.
+
+    A file with no non-blank line is refused (an empty list would silently give a manifest of 0 rows)
+    unless ``allow_empty``."""
     require_file(path, what)
     raw = path.read_bytes()
     try:
@@ -43,7 +46,21 @@ def read_lines(path: Path, what: str) -> list[tuple[int, str]]:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataFormatError(f"{path}:{line}: {what} is not UTF-8/ASCII text") from exc
-    return [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    lines = [(i, s.strip()) for i, s in enumerate(text.splitlines(), start=1) if s.strip()]
+    if not lines and not allow_empty:
+        raise DataFormatError(f"{path}: {what} is empty (expected at least one entry)")
+    return lines
+
+
+def check_consistent(seen: dict, key, value, path: Path, line: int, what: str) -> None:
+    """Record ``key -> (value, line)``; a later line giving the same key a different value is refused
+    (the later line would otherwise silently win)."""
+    if key in seen:
+        old, first = seen[key]
+        if old != value:
+            raise DataFormatError(f"{path}:{line}: {what} {key!r} = {value!r} contradicts line {first} ({old!r})")
+        return
+    seen[key] = (value, line)
 
 
 def read_name_list(path: Path, what: str) -> list[tuple[int, str]]:

@@ -73,6 +73,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _synth(args: argparse.Namespace) -> int:
     from vreid.data.synth import synthesize
 
+    from vreid.errors import ConfigError
+    from vreid.io import check_output_dir
+
+    check_output_dir(args.out)
+    if args.ids < 1 or args.images_per_id < 1:
+        raise ConfigError(f"--ids and --images-per-id must be >= 1, got {args.ids} and {args.images_per_id}")
     roots = synthesize(args.out, seed=args.seed, ids=args.ids, images_per_id=args.images_per_id)
     for name, root in roots.items():
         print(f"{name}\t{root}")
@@ -82,6 +88,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     from vreid.data.schema import manifest_stats, write_manifest
     from vreid.errors import ConfigError
+    from vreid.io import check_output_file
 
     fmt = args.format
     if args.split is not None and fmt not in ("vehicleid", "veriwild"):
@@ -90,6 +97,11 @@ def _index(args: argparse.Namespace) -> int:
         raise ConfigError("--split full applies to vehicleid only (VeRi-Wild: small, medium or large)")
     if args.same_camera is not None and fmt != "veriwild":
         raise ConfigError(f"--same-camera applies to veriwild only, not {fmt}")
+    if not 0 <= args.draw <= 9:
+        raise ConfigError(f"--draw {args.draw}: expected a VehicleID draw index in 0..9 (the protocol's 10 draws)")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: expected an integer >= 0")
+    check_output_file(args.out)
     if fmt == "veri776":
         from vreid.data.veri776 import read_veri776
         df = read_veri776(args.root)
@@ -114,6 +126,7 @@ def _index(args: argparse.Namespace) -> int:
 def _vehiclenet(args: argparse.Namespace) -> int:
     from vreid.data.vehiclenet import build_vehiclenet
     from vreid.errors import ConfigError
+    from vreid.io import check_output_dir
 
     sources = {}
     for item in args.source:
@@ -123,6 +136,9 @@ def _vehiclenet(args: argparse.Namespace) -> int:
         if name in sources:
             raise ConfigError(f"--source {name} given twice")
         sources[name] = root
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed}: expected an integer >= 0")
+    check_output_dir(args.out)
     summary = build_vehiclenet(sources, args.target, args.out, train_only_others=args.train_only_others,
                                seed=args.seed, test_split=args.test_split, same_camera=args.same_camera,
                                stage2_full_train=args.stage2_full_train)
@@ -149,6 +165,10 @@ def _check(args: argparse.Namespace) -> int:
     from vreid.data.check import check_images
     from vreid.data.schema import read_manifest
 
+    from vreid.errors import ConfigError
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     df = read_manifest(args.manifest)
     bad = check_images(df["path"].tolist(), df["bbox"].tolist(), args.workers)
     for path, problem in bad:

@@ -125,6 +125,10 @@ def read_compcars(root: str | os.PathLike, subset: str = "all", check_image_size
         records.append({"path": str(path), "image_name": rel, "dataset": "compcars", "split": "train",
                         "vehicle_id": model, "camera": -1, "bbox": [x1 - 1, y1 - 1, x2, y2],
                         "viewpoint": viewpoint, "model": key, "source_id": f"compcars:{key}"})
+    if not records:
+        why = f"all {len(dropped)} have an invalid box" if dropped else "none found"
+        raise DataFormatError(f"{image_dir}: no usable CompCars images ({why}); expected "
+                              "image/<make_id>/<model_id>/<year>/<name>.jpg")
     return frame(records, {"format": "compcars", "root": str(root), "subset": subset,
                            "check_image_size": check_image_size, "invalid_boxes_dropped": len(dropped),
                            "invalid_box_images": dropped[:100]})

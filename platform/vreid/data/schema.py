@@ -78,6 +78,7 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 COLUMNS = tuple(MANIFEST_SCHEMA.names)
+_NULLABLE_SCHEMA = pa.schema([f.with_nullable(True) for f in MANIFEST_SCHEMA])
 _STRING_COLUMNS = ("path", "image_name", "dataset", "split", "source_id")
 _INT_COLUMNS = ("vehicle_id", "camera", "label")
 _NULLABLE_INT_COLUMNS = ("track", "viewpoint", "color", "type")
@@ -133,6 +134,12 @@ def validate_manifest(df: pd.DataFrame, where: str = "manifest") -> None:
     extra = [c for c in df.columns if c not in COLUMNS]
     if extra:
         raise DataFormatError(f"{where}: unknown manifest column(s) {extra}; expected only {list(COLUMNS)}")
+    for name in _STRING_COLUMNS + _INT_COLUMNS:
+        null = df[name].isna().to_numpy()
+        if null.any():
+            row = int(np.flatnonzero(null)[0])
+            raise DataFormatError(f"{where}: column {name!r} row {row} is null; the column must not be null "
+                                  f"({int(null.sum())} null row(s))")
     for name in _STRING_COLUMNS:
         if len(df) and pd.api.types.infer_dtype(df[name], skipna=False) != "string":
             bad = df[name].map(lambda v: not isinstance(v, str)).to_numpy()
@@ -221,7 +228,8 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         raise DataFormatError(f"{path}: manifest is missing column(s) {missing}; expected {list(COLUMNS)}")
     metadata = _metadata_of(table.schema, path)
     try:  # also accepts compatible types written by other tools (e.g. int32 ids)
-        table = table.select(list(COLUMNS)).cast(MANIFEST_SCHEMA)
+        # cast to a nullable copy: nulls in non-nullable columns are reported by validate_manifest below
+        table = table.select(list(COLUMNS)).cast(_NULLABLE_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise DataFormatError(f"{path}: manifest columns do not match the schema ({exc})") from exc
     data = {}
@@ -234,6 +242,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         else:
             data[name] = col.to_pandas()
     df = pd.DataFrame(data)
+    validate_manifest(df, str(path))  # nulls in non-nullable columns, unknown split / dataset values, boxes
     df.attrs["vreid"] = metadata
     return df
 

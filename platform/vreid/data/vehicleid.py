@@ -20,7 +20,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from vreid.data._common import (existing_files, frame, parse_int, read_lines, require_image, require_root)
+from vreid.data._common import (check_consistent, existing_files, frame, parse_int, read_lines, require_image, require_root)
 from vreid.errors import ConfigError, DataFormatError
 from vreid.evaluate.protocols import vehicleid_gallery_picks
 
@@ -49,13 +49,13 @@ def _read_pairs(path: Path, files: set[str], folder: Path) -> list[tuple[str, in
 def _read_attribute(path: Path) -> dict[int, str]:
     if not path.is_file():
         return {}
-    out = {}
+    seen: dict = {}
     for line, text in read_lines(path, "VehicleID attribute file"):
         parts = text.split()
         if len(parts) != 2:
             raise DataFormatError(f"{path}:{line}: expected '<vid> <attribute>', got {text!r}")
-        out[parse_int(parts[0], "vehicle id", f"{path}:{line}")] = parts[1]
-    return out
+        check_consistent(seen, parse_int(parts[0], "vehicle id", f"{path}:{line}"), parts[1], path, line, "vehicle")
+    return {k: v for k, (v, _) in seen.items()}
 
 
 class _VehicleID:

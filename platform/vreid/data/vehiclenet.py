@@ -35,7 +35,7 @@ import pandas as pd
 
 from vreid.data.schema import DATASETS, normalize_manifest, write_manifest
 from vreid.errors import ConfigError, DataFormatError
-from vreid.io import atomic_write_text
+from vreid.io import atomic_dir, atomic_write_text
 
 TARGETS = ("cityflow", "veri776", "vehicleid", "veriwild")
 CITYFLOW_VAL_MIN_ID = 401  # VehicleNet's CityFlow validation ids are 401-478
@@ -204,8 +204,14 @@ def build_vehiclenet(sources: dict[str, str | os.PathLike], target: str, out_dir
     }
     out_dir = Path(out_dir)
     frames = {"stage1_train": stage1, "stage2_train": stage2, **evaluation}
-    for name, df in frames.items():
-        df = normalize_manifest(df.reset_index(drop=True))
-        write_manifest(df, out_dir / f"{name}.parquet", {"vehiclenet": {**options, "role": name}})
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    empty = [name for name, df in frames.items() if len(df) == 0]
+    if empty:
+        raise DataFormatError(f"VehicleNet merge: {', '.join(empty)} would have 0 images (target {target} at "
+                              f"{root}); nothing written")
+    # the seven files are one set: written into a temporary sibling folder, swapped in whole
+    with atomic_dir(out_dir, known=OUTPUT_FILES) as tmp:
+        for name, df in frames.items():
+            df = normalize_manifest(df.reset_index(drop=True))
+            write_manifest(df, tmp / f"{name}.parquet", {"vehiclenet": {**options, "role": name}})
+        atomic_write_text(tmp / "summary.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary

@@ -55,6 +55,12 @@ def _read_info(path: Path) -> tuple[dict[str, tuple], dict[str, list[str]]]:
                                   f"got {text!r}")
         name, cam, time, model, vtype, color = (p.strip() for p in parts)
         name = _strip_ext(name)
+        if name in rows and rows[name][:5] != (parse_camera(cam, where), parse_time(time, where), model or None,
+                                                 vtype, color):
+            raise DataFormatError(f"{where}: image {name!r} contradicts its entry on line {rows[name][5]} "
+                                  f"(camera, time, model, type or colour differ)")
+        if name in rows:
+            continue
         rows[name] = (parse_camera(cam, where), parse_time(time, where), model or None, vtype, color, line)
         raw_attr["type"].append(vtype)
         raw_attr["color"].append(color)

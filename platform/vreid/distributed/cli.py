@@ -30,7 +30,14 @@ def _grid(args: argparse.Namespace) -> int:
 
     from vreid.distributed.ray_train import init_ray
 
+    from vreid.errors import ConfigError
+    from vreid.io import read_text_file
+    from vreid.preflight import check_grid_config, check_num_cpus
+
+    check_num_cpus(args.num_cpus)
+    read_text_file(args.space, "grid config", ConfigError)
     cfg = load_config(args.space, args.overrides)
+    check_grid_config(cfg, args.space)  # every grid point, before Ray starts
     init_ray(num_cpus=args.num_cpus, log_to_driver=args.verbose)
     selection = run_grid(cfg, name=args.name, resume=args.resume, num_cpus=args.num_cpus)
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "

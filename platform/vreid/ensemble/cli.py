@@ -46,6 +46,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     chosen = [x for x in (args.selection, args.experiment, args.checkpoint or None) if x]
     if len(chosen) != 1:
         raise VreidError("give exactly one of --selection, --experiment or --checkpoint")
+    check_arguments(args)
     uri = args.tracking_uri
     experiment = args.log_experiment
     if args.selection:
@@ -66,15 +67,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         source = "checkpoints"
     q, g, vq, vg = args.query, args.gallery, args.val_query, args.val_gallery
     if args.manifests:
-        m = Path(args.manifests)
-        q = q or (str(m / "test_query.parquet") if (m / "test_query.parquet").is_file() else None)
-        g = g or (str(m / "test_gallery.parquet") if (m / "test_gallery.parquet").is_file() else None)
-        vq = vq or (str(m / "val_query.parquet") if (m / "val_query.parquet").is_file() else None)
-        vg = vg or (str(m / "val_gallery.parquet") if (m / "val_gallery.parquet").is_file() else None)
-    try:
-        scales = tuple(float(s) for s in args.scales.split(","))
-    except ValueError:
-        raise VreidError(f"--scales: expected comma-separated numbers, got {args.scales!r}") from None
+        q, g, vq, vg = manifests_from_folder(args.manifests, q, g, vq, vg)
+    scales = parse_scales(args.scales)
     inp = EnsembleInputs(
         models=models, out_dir=str(Path(args.out).resolve()), test_query=q, test_gallery=g, val_query=vq,
         val_gallery=vg, chain=args.chain, scales=scales, flip=not args.no_flip, num_actors=args.num_actors,
@@ -90,6 +84,93 @@ def run_from_args(args: argparse.Namespace) -> int:
     if result.get("mlflow_run_id"):
         print(f"MLflow run: {result['mlflow_run_id']}")
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything about the arguments that can be checked before Ray starts."""
+    import math
+
+    from vreid.errors import ConfigError
+    from vreid.io import check_output_dir, read_text_file
+
+    if "://" in args.out:
+        raise ConfigError(f"--out {args.out}: write to an absolute path on shared storage (mounted)")
+    check_output_dir(args.out)
+    for flag, value in (("--num-actors", args.num_actors), ("--batch-size", args.batch_size), ("--top-k", args.top_k)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if not (math.isfinite(args.cpus_per_actor) and args.cpus_per_actor > 0):
+        raise ConfigError(f"--cpus-per-actor must be > 0, got {args.cpus_per_actor}")
+    parse_scales(args.scales)
+    if args.chain:
+        read_text_file(args.chain, "chain config", ConfigError)
+    if args.selection:
+        check_selection(args.selection)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    import math
+
+    from vreid.errors import ConfigError
+
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--scales: expected comma-separated numbers, got {text!r}") from None
+    bad = [s for s in scales if not (math.isfinite(s) and 0 < s <= 1)]
+    if bad:
+        raise ConfigError(f"--scales {text}: {bad[0]} is not a fraction of the image area in (0, 1]")
+    return scales
+
+
+def check_selection(path: str) -> dict:
+    """A selection file (``selection.json`` of ``vreid grid``, or its folder) with the expected shape."""
+    from pathlib import Path
+
+    from vreid.errors import ConfigError
+    from vreid.io import read_json_file
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "selection.json"
+    data = read_json_file(p, "selection file", ConfigError)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a JSON object with a 'selected' list, got {type(data).__name__}")
+    selected = data.get("selected")
+    if not isinstance(selected, list):
+        raise ConfigError(f"{p}: 'selected' must be a list of trials, got {selected!r}")
+    if not selected:
+        raise ConfigError(f"{p}: the selection is empty ('selected' lists no trial; did every trial fail?)")
+    for i, item in enumerate(selected):
+        if not isinstance(item, dict):
+            raise ConfigError(f"{p}: selected[{i}] must be an object with a 'checkpoint_uri', got {item!r}")
+        uri = item.get("checkpoint_uri")
+        if not isinstance(uri, str) or not uri:
+            raise ConfigError(f"{p}: selected[{i}].checkpoint_uri must be a checkpoint path, got {uri!r}")
+    return data
+
+
+def manifests_from_folder(folder: str, q, g, vq, vg):
+    """The test / validation manifests of a ``vreid data vehiclenet`` folder; each pair whole or absent."""
+    from pathlib import Path
+
+    from vreid.errors import ConfigError
+
+    m = Path(folder)
+    if not m.is_dir():
+        raise ConfigError(f"--manifests {m}: folder not found")
+    found = {}
+    for pair in (("test_query", "test_gallery"), ("val_query", "val_gallery")):
+        present = [n for n in pair if (m / f"{n}.parquet").is_file()]
+        if len(present) == 1:
+            missing = next(n for n in pair if n not in present)
+            raise ConfigError(f"--manifests {m}: {missing}.parquet not found (beside {present[0]}.parquet)")
+        found.update({n: str(m / f"{n}.parquet") for n in present})
+    if not found:
+        raise ConfigError(f"--manifests {m}: no test_query/test_gallery.parquet nor val_query/val_gallery.parquet "
+                          "found (expected a `vreid data vehiclenet` output folder)")
+    return (q or found.get("test_query"), g or found.get("test_gallery"), vq or found.get("val_query"),
+            vg or found.get("val_gallery"))
 
 
 def print_tables(tables: dict) -> None:

@@ -11,6 +11,7 @@ choice is recorded in the provenance sidecar (``gallery_numbering``).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -20,6 +21,7 @@ from vreid.errors import EvaluationInputError, VreidError
 from vreid.io import atomic_path, atomic_write_text
 
 TRACK2_K = 100
+_NUMBER = re.compile(r"[0-9]+")
 
 
 class SubmissionError(VreidError):
@@ -117,10 +119,13 @@ def validate_track2(path, n_queries: int, n_gallery: int) -> None:
     if not path.is_file():
         raise SubmissionError(f"{path}: submission file not found")
     k = min(TRACK2_K, n_gallery)
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="ascii")
+        text = raw.decode("ascii")
     except UnicodeDecodeError as exc:
-        raise SubmissionError(f"{path}: not plain ASCII text ({exc})") from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SubmissionError(f"{path}:{line}: not plain ASCII text (byte 0x{raw[exc.start]:02x}); "
+                              "expected gallery numbers in ASCII digits") from None
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines = lines[:-1]
@@ -130,11 +135,10 @@ def validate_track2(path, n_queries: int, n_gallery: int) -> None:
         fields = line.split()
         if len(fields) != k:
             raise SubmissionError(f"{path}:{no}: expected {k} gallery numbers, found {len(fields)}")
-        try:
-            nums = [int(f) for f in fields]
-        except ValueError:
-            bad = next(f for f in fields if not f.lstrip("-").isdigit())
-            raise SubmissionError(f"{path}:{no}: {bad!r} is not an integer gallery number") from None
+        bad = next((f for f in fields if not _NUMBER.fullmatch(f)), None)
+        if bad is not None:  # int() would also take '+16', '4_4', ' 12' and non-ASCII digits
+            raise SubmissionError(f"{path}:{no}: {bad!r} is not a gallery number (expected ASCII digits 0-9 only)")
+        nums = [int(f) for f in fields]
         lo, hi = min(nums), max(nums)
         if lo < 1 or hi > n_gallery:
             bad = lo if lo < 1 else hi

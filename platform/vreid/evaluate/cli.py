@@ -149,6 +149,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from vreid.evaluate import protocols
     from vreid.evaluate.chain import PostProcessConfig, format_table, run_chain
 
+    _check_arguments(args)
     q_df, g_df = _read_manifest(args.query), _read_manifest(args.gallery)
     config = PostProcessConfig.from_yaml(args.chain) if args.chain else None
     want_crops = bool(config and config.crop_average)
@@ -223,8 +224,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    from vreid.errors import ConfigError
+    from vreid.io import check_output_dir, read_text_file
+
+    for flag, value in (("--draws", args.draws), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.chain:
+        read_text_file(args.chain, "chain config", ConfigError)
+    if args.save_features:
+        check_output_dir(args.save_features, "--save-features")
+
+
 def _check_submission(args: argparse.Namespace) -> int:
     from vreid.ensemble.submission import validate_track2
+    from vreid.errors import ConfigError
+
+    for flag, value in (("--queries", args.queries), ("--gallery", args.gallery)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
 
     validate_track2(args.file, args.queries, args.gallery)
     print(f"{args.file}: OK ({args.queries} queries x {min(100, args.gallery)} gallery numbers)")

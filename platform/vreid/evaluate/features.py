@@ -198,8 +198,14 @@ def load_features(path):
     npy = _npy_path(path)
     if not npy.is_file():
         raise DataFormatError(f"{npy}: features array not found (expected beside {path.name})")
-    table = pq.read_table(path)
-    feats = np.load(npy, mmap_mode="r")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+        raise DataFormatError(f"{path}: not a readable parquet features index ({type(exc).__name__}: {exc})") from None
+    try:
+        feats = np.load(npy, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:  # truncated: the header promises more bytes than exist
+        raise DataFormatError(f"{npy}: not a readable .npy features array ({type(exc).__name__}: {exc})") from None
     meta = json.loads((table.schema.metadata or {}).get(b"vreid_features", b"{}") or b"{}")
     if feats.ndim != 2 or feats.shape[0] != table.num_rows or (meta and list(feats.shape) != meta.get("shape")):
         raise DataFormatError(f"{npy}: shape {feats.shape} does not match the {table.num_rows} rows of {path}")

@@ -91,10 +91,40 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise VreidError(f"checkpoint {directory}: missing {MODEL_CONFIG_FILE} (is this a vreid checkpoint?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise VreidError(f"{path}: not valid JSON: {exc}") from None
+    from vreid.io import read_json_file
+
+    data = read_json_file(path, MODEL_CONFIG_FILE)
+    if not isinstance(data, dict):
+        raise VreidError(f"{path}: expected a JSON mapping of model settings, got {type(data).__name__}")
+    return data
+
+
+def check_model_config(model_config: dict[str, Any], where: str) -> None:
+    """Keys and value types of a ``model_config.json`` against :class:`ReidModel`'s arguments."""
+    import inspect
+
+    from vreid.models import ReidModel
+
+    params = inspect.signature(ReidModel.__init__).parameters
+    known = sorted(k for k in params if k != "self")
+    for key, value in model_config.items():
+        if key in ("image_size", "recipe", "stage"):
+            continue
+        if key not in params:
+            raise VreidError(f"{where}: unknown key {key!r} (known keys: {', '.join(known + ['image_size', 'recipe', 'stage'])})")
+        default = params[key].default
+        if key == "backbone_name" or isinstance(default, str):
+            ok = isinstance(value, str)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool) or key == "pretrained"
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = True
+        if not ok:
+            raise VreidError(f"{where}: {key!r} = {value!r} has the wrong type (expected like {default!r})")
+    if "backbone_name" not in model_config:
+        raise VreidError(f"{where}: missing key 'backbone_name'")
 
 
 def load_model_for_inference(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -111,10 +141,21 @@ def load_model_for_inference(directory: str | Path, device: str = "cpu") -> tupl
     if not weights.is_file():
         raise VreidError(f"checkpoint {directory}: missing {MODEL_FILE}")
     model_config = read_model_config(directory)
+    config_path = directory / MODEL_CONFIG_FILE
+    check_model_config(model_config, str(config_path))
     from vreid.models import build_model
 
-    model = build_model(model_config, pretrained=False)  # weights come from the checkpoint
-    state = load_file(str(weights))
+    try:
+        model = build_model(model_config, pretrained=False)  # weights come from the checkpoint
+    except VreidError as exc:  # e.g. an unknown backbone_name: say which file holds it
+        raise VreidError(f"{config_path}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:  # unknown keys, values of the wrong type
+        raise VreidError(f"{config_path}: cannot build the model from it ({type(exc).__name__}: {exc})") from None
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own SafetensorError, OSError, ...
+        raise VreidError(f"{weights}: not a readable safetensors file ({type(exc).__name__}: {exc}; "
+                         f"{weights.stat().st_size} bytes)") from None
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches

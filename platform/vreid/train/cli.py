@@ -18,10 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from vreid.config import load_config
     from vreid.distributed.run import train_run
+    from vreid.errors import ConfigError
+    from vreid.io import read_text_file
+    from vreid.preflight import check_num_cpus, check_run_config
 
+    check_num_cpus(args.num_cpus)
+    read_text_file(args.config, "run config", ConfigError)  # names the file and line of non-UTF-8 bytes
     cfg = load_config(args.config, args.overrides)
     if args.name:
         cfg.name = args.name
+    check_run_config(cfg, args.config)  # before Ray starts: backbone, weights, manifests, numbers
     summary = train_run(cfg, num_cpus=args.num_cpus)
     print(summary["table"])
     return 0
