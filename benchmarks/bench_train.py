@@ -1,18 +1,21 @@
 """Training throughput, side by side in one run on the same model and data:
 
-1. the Ray Train loop (``vreid.train.loop`` in one ``TorchTrainer`` worker) - images/s of its epochs,
-2. the same recipe as a plain PyTorch loop (same model, transform, loader, optimiser) - images/s,
+1. the engine (``vreid.train.engine.prepare`` + ``fit``) in one ``TorchTrainer`` worker (Ray Train) -
+   images/s of its epochs,
+2. the same engine called plainly in this process (no Ray) - images/s,
 3. the data loader alone (decode + augment + collate) and the model alone (forward + backward on
    tensors already in memory), to show which one bounds the loop.
 
-Target: Ray Train >= 0.9 x plain PyTorch.
+Both runs execute the same code (no copy of the loop): the ratio is the cost of Ray Train itself.
+Target: Ray Train >= 0.9 x plain engine.
 
-    .venv/bin/python benchmarks/bench_train.py [--epochs 3] [--backbone test_resnet] [--size 64]
+    .venv/bin/python benchmarks/bench_train.py [--epochs 4] [--backbone test_resnet] [--size 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -24,92 +27,67 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def plain_loop(cfg, epochs: int) -> float:
-    """The reference: a plain PyTorch loop with the same pieces as the Ray Train loop."""
-    from vreid.data import transforms as T
-    from vreid.data.dataset import ManifestDataset
-    from vreid.data.samplers import NaiveSampler
-    from vreid.data.schema import read_manifest
-    from vreid.losses import CrossEntropyLabelSmooth
-    from vreid.models import ReidModel
-    from vreid.train.loop import make_optimizer, model_kwargs, param_groups, training_labels
-
-    torch.manual_seed(cfg.seed)
-    df = read_manifest(cfg.data.stage1_train)
-    labels = training_labels(df)
-    df = df.assign(label=labels)
-    ds = ManifestDataset(df, T.vehiclenet_train_transform(tuple(cfg.data.image_size)), use_bbox=True)
-    sampler = NaiveSampler(len(ds), seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.stage1.batch_size, sampler=sampler, num_workers=cfg.data.loader_workers,
-                                         drop_last=True)
-    model = ReidModel(**model_kwargs(cfg, int(labels.max()) + 1))
-    opt = make_optimizer(param_groups(model, cfg.stage1), cfg.stage1)
-    ce = CrossEntropyLabelSmooth(int(labels.max()) + 1)
-    rates = []
-    for epoch in range(epochs):
-        sampler.set_epoch(epoch)
-        t0, n = time.perf_counter(), 0
-        for images, targets, _ in loader:
-            loss = ce(model(images)["logits"], targets)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            n += len(targets)
-        rates.append(n / (time.perf_counter() - t0))
+def _median_after_first(rates: list[float]) -> float:
     return float(np.median(rates[1:] if len(rates) > 1 else rates))
 
 
-def loader_rate(cfg) -> float:
-    from vreid.data import transforms as T
-    from vreid.data.dataset import ManifestDataset
-    from vreid.data.schema import read_manifest
-    from vreid.train.loop import training_labels
+def plain_engine(cfg) -> float:
+    """The engine without Ray: per-epoch images/s as the engine measures them."""
+    from vreid.train import engine
 
-    df = read_manifest(cfg.data.stage1_train)
-    df = df.assign(label=training_labels(df))
-    ds = ManifestDataset(df, T.vehiclenet_train_transform(tuple(cfg.data.image_size)), use_bbox=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.stage1.batch_size, shuffle=True, num_workers=cfg.data.loader_workers)
+    stage = engine.prepare(cfg, "stage1")
+    rates: list[float] = []
+
+    class Rate:
+        def on_epoch_end(self, ctx):
+            rates.append(ctx.metrics["images_per_s"])
+
+    engine.fit(stage, callbacks=[Rate()])
+    return _median_after_first(rates)
+
+
+def loader_rate(cfg) -> float:
+    from vreid.train import engine
+
+    stage = engine.prepare(cfg, "stage1")
     t0, n = time.perf_counter(), 0
-    for images, targets, _ in loader:
-        n += len(targets)
+    for batch in stage.loader:
+        n += len(batch[1])
     return n / (time.perf_counter() - t0)
 
 
 def model_rate(cfg, steps: int = 20) -> float:
-    from vreid.models import ReidModel
-    from vreid.train.loop import make_optimizer, model_kwargs, param_groups
+    from vreid.train.engine import make_optimizer
+    from vreid.train.recipes import recipe_class
 
-    model = ReidModel(**model_kwargs(cfg, 100))
-    opt = make_optimizer(param_groups(model, cfg.stage1), cfg.stage1)
+    recipe = recipe_class(cfg.recipe)(cfg, "stage1", 100)
+    opt = make_optimizer(recipe.param_groups(), recipe.stage)
     h, w = cfg.data.image_size
     x = torch.randn(cfg.stage1.batch_size, 3, h, w)
     y = torch.randint(0, 100, (cfg.stage1.batch_size,))
+    batch = (x, y, torch.arange(len(y)))
+    recipe.train()
     for _ in range(3):
-        torch.nn.functional.cross_entropy(model(x)["logits"], y).backward()
+        recipe.losses(batch, 0)["loss"].backward()
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(x)["logits"], y)
+        loss = recipe.losses(batch, 0)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     return steps * cfg.stage1.batch_size / (time.perf_counter() - t0)
 
 
-def ray_loop(cfg, epochs: int, work: Path) -> float:
+def ray_engine(cfg, work: Path) -> float:
     from vreid.distributed.ray_train import fit_stage, init_ray
 
     init_ray(num_cpus=2, log_to_driver=False)
-    storage = str(work / "ray")
-    res = fit_stage(cfg, "stage1", f"bench-{int(time.time())}", storage)
-    # per-epoch images/s from the reported metrics (the training part of each epoch, as the plain loop)
+    res = fit_stage(cfg, "stage1", f"bench-{int(time.time())}", str(work / "ray"))
+    # per-epoch images/s from the reported metrics (the training part of each epoch, as the plain run)
     run_dir = Path(res["checkpoint"]).parent
-    rates = []
-    for ck in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir()):
-        m = __import__("json").loads((ck / "metrics.json").read_text())
-        rates.append(m["images_per_s"])
-    if not rates:
-        rates = [res["metrics"]["images_per_s"]]
-    return float(np.median(rates[1:] if len(rates) > 1 else rates))
+    rates = [json.loads((ck / "metrics.json").read_text())["images_per_s"]
+             for ck in sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())]
+    return _median_after_first(rates or [res["metrics"]["images_per_s"]])
 
 
 def main() -> None:
@@ -143,16 +121,16 @@ def main() -> None:
     })
     print(f"data: {len(df)} images of the generated VeRi-776 training set at {args.size}x{args.size}; "
           f"backbone {args.backbone}; batch {args.batch_size}; {args.epochs} epochs; 1 torch thread; CPU")
-    plain = plain_loop(cfg, args.epochs)
-    ray_rate = ray_loop(cfg, args.epochs, work)
+    plain = plain_engine(cfg)
+    ray_rate = ray_engine(cfg, work)
     loader = loader_rate(cfg)
     model = model_rate(cfg)
     print(f"{'':34s}{'images/s':>10s}")
-    print(f"{'plain PyTorch loop':34s}{plain:10.1f}")
-    print(f"{'Ray Train loop (1 worker)':34s}{ray_rate:10.1f}")
+    print(f"{'engine, plain (no Ray)':34s}{plain:10.1f}")
+    print(f"{'engine in TorchTrainer (1 worker)':34s}{ray_rate:10.1f}")
     print(f"{'data loader alone':34s}{loader:10.1f}")
     print(f"{'model alone (fwd+bwd+step)':34s}{model:10.1f}")
-    print(f"ratio Ray Train / plain PyTorch: {ray_rate / plain:.2f}x (target >= 0.9x)")
+    print(f"ratio Ray Train / plain engine:  {ray_rate / plain:.2f}x (target >= 0.9x)")
     print(f"ratio data loader / model:       {loader / model:.2f}x (> 1: the model bounds the loop)")
 
 

@@ -54,7 +54,7 @@ def test_override_and_joined_grid_keys(tmp_path):
 
 def test_step_schedule_matches_paper():
     cfg = config_from_dict({"stage1": {"epochs": 60, "lr": 0.02, "milestones": [40]}})
-    lrs = lr_schedule(cfg.stage1)
+    lrs = lr_schedule(resolve_stage(cfg.stage1, "resnet50"))
     assert lrs[0] == pytest.approx(0.02) and lrs[39] == pytest.approx(0.02)
     assert lrs[40] == pytest.approx(0.002) and lrs[59] == pytest.approx(0.002)
 
@@ -99,6 +99,10 @@ def test_ssbver_defaults_are_section_4_3_per_family(backbone, family):
     cfg = config_from_dict({"recipe": "ssbver", "model": {"backbone": backbone},
                             "stage1": {"epochs": 7, "optimizer": "sgd", "lr": 0.01}})
     assert (cfg.stage1.epochs, cfg.stage1.label_smoothing, resolve_stage(cfg.stage1, backbone).lr) == (7, 0.2, 0.01)
+    # with optimizer auto, the keys the YAML sets are kept too (every key does something)
+    cfg = config_from_dict({"recipe": "ssbver", "model": {"backbone": backbone}, "stage1": {"lr": 0.002}})
+    assert resolve_stage(cfg.stage1, backbone).lr == 0.002
+    assert resolve_stage(cfg.stage1, backbone).optimizer == family
     assert config_from_dict({"model": {"backbone": backbone}}).stage1.optimizer == "sgd"
 
 

@@ -94,17 +94,19 @@ class StageConfig:
 
     epochs: int = 60
     batch_size: int = 36
-    lr: float = 0.02
+    # lr / weight_decay / scheduler / milestones / min_lr: None = the optimiser's default, filled in by
+    # resolve_stage when the stage is built (VehicleNet's 0.02, 1e-4, step at 40; "auto": the family's)
+    lr: Optional[float] = None
     backbone_lr_mult: float = 0.1  # the authors' code trains pretrained layers at 0.1 x lr
     # "auto": SSBVER 4.3's optimiser and schedule of the backbone family - Adam + step decay for
-    # ResNets, AdamW + cosine for ViT / Swin / ConvNeXt (resolved when the config is loaded)
+    # ResNets, AdamW + cosine for ViT / Swin / ConvNeXt; keys set in the YAML are kept
     optimizer: Literal["sgd", "adam", "adamw", "auto"] = "sgd"
     momentum: float = 0.9
-    weight_decay: float = 1e-4
-    scheduler: Literal["step", "cosine"] = "step"
-    milestones: list[int] = field(default_factory=lambda: [40])
+    weight_decay: Optional[float] = None
+    scheduler: Optional[Literal["step", "cosine"]] = None
+    milestones: Optional[list[int]] = None
     gamma: float = 0.1
-    min_lr: float = 1.6e-5
+    min_lr: Optional[float] = None
     warmup_epochs: int = 0
     warmup_factor: float = 0.099  # SSBVER: linear warm-up "with rate 0.099"
     sampler: Literal["naive", "balanced", "pk"] = "naive"
@@ -333,14 +335,19 @@ def family_optimiser(backbone: str) -> dict[str, Any]:
     return dict(FAMILY_OPTIMISERS["adamw" if uses_adamw(backbone) else "adam"])
 
 
+#: what an unset key of a stage means with an explicit optimiser (VehicleNet sec. V-A)
+CLASSIC_STAGE = {"lr": 0.02, "weight_decay": 1e-4, "scheduler": "step", "milestones": [40], "min_lr": 1.6e-5}
+
+
 def resolve_stage(stage: "StageConfig", backbone: str) -> "StageConfig":
-    """``optimizer: auto`` -> the backbone family's optimiser settings (:func:`family_optimiser`, which
-    replace the stage's optimizer, lr, weight_decay, scheduler and its milestones or min_lr). Resolved
-    when a stage is built, not when the YAML is read, so a grid over ``model.backbone`` gets each
-    family's settings."""
-    if stage.optimizer != "auto":
-        return stage
-    return dataclasses.replace(stage, **family_optimiser(backbone))
+    """Fill the stage's unset optimiser keys: with ``optimizer: auto`` from the backbone family's
+    SSBVER 4.3 settings (:func:`family_optimiser`), otherwise from :data:`CLASSIC_STAGE`. Keys the YAML
+    sets are kept. Resolved when a stage is built, not when the YAML is read, so a grid over
+    ``model.backbone`` gets each family's settings."""
+    fam = family_optimiser(backbone) if stage.optimizer == "auto" else {}
+    fill = {**CLASSIC_STAGE, **{k: v for k, v in fam.items() if k in CLASSIC_STAGE}}
+    values = {k: (getattr(stage, k) if getattr(stage, k) is not None else copy.deepcopy(v)) for k, v in fill.items()}
+    return dataclasses.replace(stage, optimizer=fam.get("optimizer", stage.optimizer), **values)
 
 
 def _with_recipe_defaults(data: dict[str, Any]) -> dict[str, Any]:
@@ -450,7 +457,7 @@ def validate(cfg: RunConfig, where: str) -> None:
             raise ConfigError(f"{where}: '{stage}.epochs' must be >= 1, got {s.epochs}")
         if s.batch_size < 1:
             raise ConfigError(f"{where}: '{stage}.batch_size' must be >= 1, got {s.batch_size}")
-        if s.lr <= 0:
+        if s.lr is not None and s.lr <= 0:
             raise ConfigError(f"{where}: '{stage}.lr' must be > 0, got {s.lr}")
         if s.sampler == "pk" and s.batch_size % s.num_instances:
             raise ConfigError(

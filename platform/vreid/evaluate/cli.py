@@ -68,11 +68,16 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def checkpoint_views(info: dict, protocol: str, flip=None, scales=None) -> tuple[bool, tuple[float, ...]]:
-    """The views a checkpoint is evaluated with: the recipe's defaults on this protocol
-    (:func:`vreid.evaluate.features.default_views`), then the ``--flip`` / ``--scales`` overrides."""
+    """The views a checkpoint is evaluated with: on the protocol it was validated with, the views its
+    training validated with (recorded in ``model_config.json``: the recipe's defaults unless the run's
+    ``eval.flip`` / ``eval.scales`` said otherwise); on another protocol the recipe's defaults there
+    (:func:`vreid.evaluate.features.default_views`); then the ``--flip`` / ``--scales`` overrides."""
     from vreid.evaluate.features import default_views
 
     d_flip, d_scales = default_views(info.get("recipe"), protocol)
+    recorded = info.get("eval") or {}
+    if info.get("target") == protocol and "flip" in recorded and recorded.get("scales"):
+        d_flip, d_scales = bool(recorded["flip"]), tuple(float(v) for v in recorded["scales"])
     return (d_flip if flip is None else bool(flip)), tuple(d_scales if scales is None else scales)
 
 

@@ -21,7 +21,10 @@ from vreid.config import StageConfig
 
 
 def lr_schedule(stage: StageConfig) -> np.ndarray:
-    """Per-epoch learning rate (for the head; the backbone gets ``backbone_lr_mult`` times it)."""
+    """Per-epoch learning rate (for the head; the backbone gets ``backbone_lr_mult`` times it) of a stage
+    resolved by :func:`vreid.config.resolve_stage`."""
+    if stage.lr is None or stage.scheduler is None or stage.optimizer == "auto":
+        raise ValueError("lr_schedule: resolve the stage first (vreid.config.resolve_stage)")
     epochs = stage.epochs
     lrs = np.empty(epochs, dtype=np.float64)
     warm = min(stage.warmup_epochs, epochs)
