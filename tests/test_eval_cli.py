@@ -166,3 +166,15 @@ def test_evaluate_features_dirs_and_ensemble_job_agree_on_every_step(ray_cluster
         for ka, kb in (("mAP", "mAP"), ("mAP_top100", "mAP_top100"), ("rank1", "CMC@1"), ("rank5", "CMC@5"),
                        ("mINP", "mINP")):
             assert a[ka] == pytest.approx(b[kb], abs=1e-9), (a["step"], ka)
+
+
+def test_ensemble_refuses_manifest_cameras_on_the_test_set_before_work(vehiclenet_manifests, tmp_path, capsys):
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("ensemble: true\ncamera_verification:\n  source: manifest\n")
+    ck = _tiny_checkpoint(tmp_path / "m0", seed=0)
+    rc = main(["ensemble", "--checkpoint", ck, "--query", str(vehiclenet_manifests / "test_query.parquet"),
+               "--gallery", str(vehiclenet_manifests / "test_gallery.parquet"), "--chain", str(chain),
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown camera (-1)" in err and "source: clusters" in err
+    assert not (tmp_path / "out" / "track2.txt").exists()

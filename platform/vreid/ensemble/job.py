@@ -156,6 +156,13 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
             raise VreidError(f"validation query manifest {inp.val_query} has no identities (vehicle_id < 0)")
     if not sets:
         raise VreidError("nothing to do: give test and/or validation query/gallery manifests")
+    if cv.enabled and cv.source == "manifest":  # before any work: run_chain would refuse it after extraction
+        for key, df in sets.items():
+            unknown = int((df["camera"] < 0).sum())
+            if unknown:
+                raise VreidError(f"{inp.chain}: camera_verification.source is 'manifest' but {unknown} of {len(df)} "
+                                 f"{key.replace('_', ' ')} images have an unknown camera (-1): use source: clusters "
+                                 "with --camera-checkpoint (a model trained with data.label_by: camera)")
     if chain_cfg.crop_average:
         from vreid.evaluate.chain import NO_BOX_MESSAGE, boxed_rows
 
