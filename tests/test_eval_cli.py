@@ -114,3 +114,67 @@ def test_chain_camera_clusters_need_camera_features(saved, capsys, tmp_path):
     line = [ln for ln in out.splitlines() if ln.startswith("camera_verification")][0]
     line_m = [ln for ln in by_manifest.splitlines() if ln.startswith("camera_verification")][0]
     assert line.split()[-4:] == line_m.split()[-4:]  # same numbers: the clusters recover the cameras
+
+
+def _tiny_checkpoint(path, seed, num_classes=5):
+    import torch
+
+    from vreid.models import ReidModel
+    from vreid.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(seed)
+    kw = {"backbone_name": "test_resnet", "head": "vehiclenet", "num_classes": num_classes, "pretrained": False,
+          "last_stride": 1, "img_size": [32, 32], "fc_dim": 16, "dropout": 0.0, "dino_out_dim": None}
+    save_checkpoint(path, export_model=ReidModel(**kw), model_config={**kw, "image_size": [32, 32]},
+                    state={"epoch": torch.tensor(0)}, metrics={})
+    return str(path)
+
+
+def test_evaluate_features_dirs_and_ensemble_job_agree_on_every_step(ray_cluster, vehiclenet_manifests, tmp_path):
+    """The AI City chain as shipped (crops, ensemble, query expansion, camera clusters, re-ranking):
+    the ensemble job's Table VI and `vreid evaluate` on the per-model features the job saved give the
+    same numbers for every step."""
+    import json
+
+    from vreid.data.schema import read_manifest, write_manifest
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    chain = root / "search_spaces" / "postprocess_aicity.yaml"
+    man = {}
+    for name in ("val_query", "val_gallery"):  # boxes, so the crop step has crops (the generated data has none)
+        df = read_manifest(vehiclenet_manifests / f"{name}.parquet")
+        df["bbox"] = [[2, 2, 28, 30] if i % 3 else None for i in range(len(df))]
+        man[name] = write_manifest(df, tmp_path / f"{name}.parquet")
+    ckpts = [_tiny_checkpoint(tmp_path / f"m{i}", seed=i) for i in range(2)]
+    camera = _tiny_checkpoint(tmp_path / "camera", seed=7, num_classes=40)
+    out = tmp_path / "ens"
+    argv = ["ensemble", "--checkpoint", ckpts[0], "--checkpoint", ckpts[1], "--val-query", str(man["val_query"]),
+            "--val-gallery", str(man["val_gallery"]), "--chain", str(chain), "--camera-checkpoint", camera,
+            "--out", str(out), "--batch-size", "32"]
+    assert main(argv) == 0
+    job_rows = json.loads((out / "tables.json").read_text())["postprocess"]
+    feats = out / "val" / "features"
+    argv = ["evaluate", "--protocol", "cityflow", "--query", str(man["val_query"]), "--gallery",
+            str(man["val_gallery"]), "--features-dir", str(feats / "model_0"), "--features-dir", str(feats / "model_1"),
+            "--camera-features-dir", str(feats / "camera"), "--chain", str(chain), "--save-table", str(tmp_path / "t.json")]
+    assert main(argv) == 0
+    cli_rows = json.loads((tmp_path / "t.json").read_text())
+    assert [r["step"].split(" ")[0] for r in cli_rows] == ["base", "crop_average", "ensemble", "query_expansion",
+                                                           "camera_verification", "re_ranking"]
+    assert [r["step"] for r in job_rows] == [r["step"] for r in cli_rows]
+    for a, b in zip(job_rows, cli_rows):
+        for ka, kb in (("mAP", "mAP"), ("mAP_top100", "mAP_top100"), ("rank1", "CMC@1"), ("rank5", "CMC@5"),
+                       ("mINP", "mINP")):
+            assert a[ka] == pytest.approx(b[kb], abs=1e-9), (a["step"], ka)
+
+
+def test_ensemble_refuses_manifest_cameras_on_the_test_set_before_work(vehiclenet_manifests, tmp_path, capsys):
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("ensemble: true\ncamera_verification:\n  source: manifest\n")
+    ck = _tiny_checkpoint(tmp_path / "m0", seed=0)
+    rc = main(["ensemble", "--checkpoint", ck, "--query", str(vehiclenet_manifests / "test_query.parquet"),
+               "--gallery", str(vehiclenet_manifests / "test_gallery.parquet"), "--chain", str(chain),
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown camera (-1)" in err and "source: clusters" in err
+    assert not (tmp_path / "out" / "track2.txt").exists()

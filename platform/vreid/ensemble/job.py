@@ -156,6 +156,13 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
             raise VreidError(f"validation query manifest {inp.val_query} has no identities (vehicle_id < 0)")
     if not sets:
         raise VreidError("nothing to do: give test and/or validation query/gallery manifests")
+    if cv.enabled and cv.source == "manifest":  # before any work: run_chain would refuse it after extraction
+        for key, df in sets.items():
+            unknown = int((df["camera"] < 0).sum())
+            if unknown:
+                raise VreidError(f"{inp.chain}: camera_verification.source is 'manifest' but {unknown} of {len(df)} "
+                                 f"{key.replace('_', ' ')} images have an unknown camera (-1): use source: clusters "
+                                 "with --camera-checkpoint (a model trained with data.label_by: camera)")
     if chain_cfg.crop_average:
         from vreid.evaluate.chain import NO_BOX_MESSAGE, boxed_rows
 
@@ -217,6 +224,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
         np.save(val_dir / "gallery_features.npy", fused_all[gi])
         q_df.to_parquet(val_dir / "query.parquet", index=False)
         g_df.to_parquet(val_dir / "gallery.parquet", index=False)
+        _save_model_features(val_dir / "features", per_model, per_model_crops, camera_feats, qi, gi, q_df, g_df)
         best_single = max(rows[:-1], key=lambda r: r["mAP"])
         metrics.update({f"ensemble_{k}": v for k, v in rows[-1].items() if isinstance(v, float)})
         metrics.update({f"best_single_{k}": v for k, v in best_single.items() if isinstance(v, float)})
@@ -283,6 +291,24 @@ def _chain_inputs(per_model, crops, qi, gi, camera_feats=None):
         kw["q_camera_features"] = camera_feats[qi]
         kw["g_camera_features"] = camera_feats[gi]
     return kw
+
+
+def _save_model_features(folder: Path, per_model, crops, camera_feats, qi, gi, q_df, g_df) -> None:
+    """Each model's features (and box-crop / camera-model features) in the ``vreid evaluate
+    --features-dir`` layout: ``model_<i>/{query,gallery}[_crop].parquet`` and ``camera/``, so the chain
+    can be re-run on exactly this job's features (``vreid evaluate --features-dir ... --chain``)."""
+    from vreid.evaluate.features import save_features
+
+    for i, feats in enumerate(per_model):
+        d = folder / f"model_{i}"
+        save_features(d / "query.parquet", feats[qi], q_df)
+        save_features(d / "gallery.parquet", feats[gi], g_df)
+        if crops is not None:
+            save_features(d / "query_crop.parquet", crops[i][qi], q_df)
+            save_features(d / "gallery_crop.parquet", crops[i][gi], g_df)
+    if camera_feats is not None:
+        save_features(folder / "camera" / "query.parquet", camera_feats[qi], q_df)
+        save_features(folder / "camera" / "gallery.parquet", camera_feats[gi], g_df)
 
 
 def postprocess_rows(q_df, g_df, chain_cfg, **chain_inputs) -> list[dict[str, Any]]:

@@ -4,13 +4,18 @@ Steps, in the paper's order (each on or off in YAML):
 
 1. ``base``: the first model's features (always evaluated first: Table VI's first column);
 2. ``crop_average``: average with the features of the box-cropped images (Sec. IV-C "Cropped Images");
-3. ``ensemble``: concatenate the L2-normalised features of all models (Sec. IV-C "Model Ensemble");
-4. ``track_fusion``: add a weighted track mean to each gallery feature;
-5. ``query_expansion``: DBSCAN query expansion (Sec. IV-C);
-6. ``camera_verification``: drop / penalise gallery items from the query's camera (cluster);
-7. ``temporal``: drop gallery items outside [t - tau, t + tau];
+   refused when no image has a box (``vreid data detect`` writes Mask R-CNN boxes);
+3. ``ensemble``: :func:`vreid.evaluate.postprocess.fuse_features` (Sec. IV-C "Model Ensemble": per-model
+   L2 norm, concatenation, x 1/sqrt(n) so the fused rows have unit norm), the ensemble job's fusion too;
+4. ``track_fusion``: add a weighted track mean to each gallery feature (not in the paper);
+5. ``query_expansion``: DBSCAN over the queries, each clustered query -> mean of the *other* queries of
+   its cluster (Sec. IV-C); ``eps`` is a Euclidean radius between L2-normalised query features;
+6. ``camera_verification``: drop / penalise gallery items from the query's camera cluster (k-means of a
+   camera model's features; ``source: manifest`` only where every camera is known);
+7. ``temporal``: drop gallery items outside [t - tau, t + tau] (times from the manifests or CSVs);
 8. ``re_ranking``: k-reciprocal re-ranking (computed on features, block by block).
 
+Every step keeps unit-norm features, the norm the Euclidean re-ranking compares on.
 Camera verification and temporal filtering are masks: once enabled they are applied to every later
 distance (the re-ranked one included), so the table's numbers are cumulative as in Table VI.
 Only query-by-gallery distances are made densely (1,052 x 18,290 at CityFlow test scale); re-ranking
@@ -338,14 +343,14 @@ def run_chain(
 
 def format_table(table: Sequence[dict]) -> str:
     """Plain-text table of the chain's steps (percentages like the paper's Table VI)."""
-    header = f"{'step':<44} {'mAP%':>7} {'CMC@1%':>7} {'CMC@5%':>7} {'mINP%':>7}"
+    header = f"{'step':<44} {'mAP%':>7} {'mAP@100%':>8} {'CMC@1%':>7} {'CMC@5%':>7} {'mINP%':>7}"
     lines = [header, "-" * len(header)]
     for row in table:
         if "mAP" in row:
-            lines.append(f"{row['step']:<44} {100 * row['mAP']:7.2f} {100 * row['CMC@1']:7.2f} "
-                         f"{100 * row['CMC@5']:7.2f} {100 * row['mINP']:7.2f}")
+            lines.append(f"{row['step']:<44} {100 * row['mAP']:7.2f} {100 * row['mAP_top100']:8.2f} "
+                         f"{100 * row['CMC@1']:7.2f} {100 * row['CMC@5']:7.2f} {100 * row['mINP']:7.2f}")
         else:
-            lines.append(f"{row['step']:<44} {'-':>7} {'-':>7} {'-':>7} {'-':>7}")
+            lines.append(f"{row['step']:<44} {'-':>7} {'-':>8} {'-':>7} {'-':>7} {'-':>7}")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--camera-checkpoint",
                    help="with --chain: a camera model checkpoint (trained with data.label_by: camera) whose "
                         "features are clustered for camera_verification.source: clusters")
+    p.add_argument("--save-table", help="with --chain: also write the per-step table as JSON to this file")
     p.add_argument("--split", default="", help="setting name shown in the table (small/medium/large, ...)")
     p.add_argument("--same-camera", choices=["keep", "remove"], default=None,
                    help="VeRi-Wild junk rule (default keep: the dataset authors' protocol)")
@@ -155,6 +156,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from vreid.evaluate.chain import PostProcessConfig, format_table, run_chain
 
     _check_arguments(args)
+    if args.save_table and not args.chain:
+        raise EvaluationInputError("--save-table writes the chain's table: give --chain")
     q_df, g_df = _read_manifest(args.query), _read_manifest(args.gallery)
     config = PostProcessConfig.from_yaml(args.chain) if args.chain else None
     want_crops = bool(config and config.crop_average)
@@ -226,6 +229,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         print()
         print(f"post-processing chain {args.chain}:")
         print(format_table(table))
+        if args.save_table:
+            import json
+
+            from vreid.io import atomic_write_text
+
+            atomic_write_text(args.save_table, json.dumps(table, indent=2, default=float))
+            print(f"table written to {args.save_table}")
     return 0
 
 
