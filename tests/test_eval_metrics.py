@@ -285,3 +285,16 @@ def test_evaluate_features_with_faiss_flat_equals_exact(remove):
         assert got100["mINP"] <= ref100["mINP"] + 1e-12  # a lower bound when matches lie beyond the list
     with pytest.raises(EvaluationInputError, match="neighbour backend"):
         evaluate_features(qf, gf, qp, gp, qc, gc, backend="annoy")
+
+
+def test_evaluate_blocks_equals_evaluate_rank_and_checks_coverage():
+    from vreid.evaluate.metrics import evaluate_blocks
+
+    dist, qp, gp, qc, gc = random_case(5)
+    ref = evaluate_rank(dist, qp, gp, qc, gc)
+    blocks = [(s, dist[s:s + 4]) for s in range(0, len(dist), 4)]
+    assert_same(evaluate_blocks(iter(blocks), dist.shape, qp, gp, qc, gc), ref)
+    with pytest.raises(EvaluationInputError, match="does not continue"):
+        evaluate_blocks(iter(blocks[1:]), dist.shape, qp, gp, qc, gc)
+    with pytest.raises(EvaluationInputError, match="cover 20 of 23 queries"):
+        evaluate_blocks(iter(blocks[:-1]), dist.shape, qp, gp, qc, gc)

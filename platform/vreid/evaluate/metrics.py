@@ -584,11 +584,12 @@ def top_k_indices(dist: np.ndarray, k: int) -> np.ndarray:
         return np.zeros((dist.shape[0], 0), dtype=np.int64)
     if k == n:
         return np.argsort(dist, axis=1, kind="stable")
-    # a SIMD value sort finds each row's k-th value faster than np.partition / argpartition here
-    buf = _sort_buffer(dist.shape[0], n, dist.dtype)
-    buf[:] = dist
-    buf.sort(axis=1)
-    kth = buf[:, k - 1: k].copy()
+    # each row's k-th smallest value (a value, so no tie question): torch's top-k selection is about
+    # twice as fast here as a full SIMD row sort, itself faster than np.partition
+    import torch
+
+    kth = torch.topk(torch.from_numpy(np.ascontiguousarray(dist)), k, dim=1, largest=False,
+                     sorted=True).values[:, k - 1: k].numpy()
     keep = dist <= kth
     n_keep = np.count_nonzero(keep, axis=1)
     tied = np.flatnonzero(n_keep != k)  # values tied at the k-th beyond the slots left

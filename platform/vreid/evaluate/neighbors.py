@@ -207,6 +207,9 @@ class FaissNeighbors:
     def search(self, queries, k: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         q = self._prep(queries, "queries")
         k = min(int(k), self.n_base)
+        if self._gpu() and k > 2048:
+            raise EvaluationInputError(f"a faiss GPU index returns at most 2048 neighbours, asked for {k}; "
+                                       "use top_k <= 2048 or use_gpu=False")
         dist = np.empty((q.shape[0], k), np.float32)
         idx = np.empty((q.shape[0], k), np.int64)
         for s in range(0, q.shape[0], block):

@@ -180,7 +180,8 @@ def _exact_knn(n: int, width: int, rows_fn: Callable[[int, int], np.ndarray], bl
 
     def knn_block(s: int) -> None:
         e = min(s + block, n)
-        sq = np.power(rows_fn(s, e), 2).astype(np.float32)
+        sq = rows_fn(s, e)
+        sq = np.power(sq, 2, out=sq) if sq.dtype == np.float32 else np.power(sq, 2).astype(np.float32)
         m = sq.max(axis=1)
         rowmax[s:e] = m
         sq /= np.where(m > 0, m, 1)[:, None]
@@ -279,10 +280,14 @@ class _FeatureDistances:
             g = (self._t[a:b] @ self._t[c:].T).numpy()
         else:
             g = self.feats[a:b] @ self.feats[c:].T
+        # in place: one (b - a, n) block per call, no temporaries of its size
         if self.metric == "cosine":
-            return 1.0 - g
-        d2 = self.sqn[a:b, None] + self.sqn[None, c:] - 2.0 * g
-        return np.sqrt(np.maximum(d2, 0.0))
+            return np.subtract(1.0, g, out=g)
+        g *= -2.0
+        g += self.sqn[a:b, None]
+        g += self.sqn[None, c:]
+        np.maximum(g, 0.0, out=g)
+        return np.sqrt(g, out=g)
 
     def query_gallery(self, a: int, b: int) -> np.ndarray:
         return self.rows(a, b, self.n_query)
