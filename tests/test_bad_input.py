@@ -536,3 +536,62 @@ def test_unexpected_error_is_one_line_with_a_log(tmp_path, capsys, monkeypatch):
     logs = list((tmp_path / "logs").glob("*.log"))
     assert len(logs) == 1 and str(logs[0]) in lines[0]
     assert "Traceback" in logs[0].read_text() and "boom" in logs[0].read_text()
+
+
+# -- errors inside Ray workers (the shared ray_cluster) -------------------------------------------------
+def _tiny_run(ws, tmp: Path, manifests: Path) -> Path:
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(f"""
+name: tiny
+recipe: vehiclenet
+data: {{manifests: {manifests}, image_size: [32, 32], loader_workers: 0}}
+model: {{backbone: test_resnet, fc_dim: 16, dropout: 0.0}}
+stage1: {{epochs: 1, batch_size: 32, lr: 0.05, milestones: [5]}}
+stage2: {{epochs: 1, batch_size: 32, lr: 0.05, milestones: [5]}}
+eval: {{flip: false, batch_size: 128}}
+scaling: {{num_workers: 1, cpus_per_worker: 0.5, max_failures: 0}}
+output: {{root: {tmp / 'out'}}}
+""")
+    return cfg
+
+
+def test_worker_error_is_one_line_and_the_run_failed_then_a_fixed_rerun_starts_fresh(ray_cluster, ws, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A corrupt image (found only when a Ray Train worker decodes it) gives one ``vreid: error:`` line naming
+    the image, exit 2, the full trace in a log file and the MLflow run FAILED. Re-running the same --name
+    with a fixed config then starts a new run: its params are the new config's, not the stale run's."""
+    from mlflow import MlflowClient
+
+    from vreid import tracking
+
+    monkeypatch.setenv("VREID_LOG_DIR", str(tmp_path / "logs"))
+    bad = manifests_copy(ws, tmp_path)
+    shutil.move(bad, tmp_path / "bad_manifests")
+    bad = tmp_path / "bad_manifests"
+    table = pq.read_table(bad / "stage1_train.parquet")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    paths = table.column("path").to_pylist()
+    paths[0] = str(corrupt)
+    table = table.set_column(0, table.schema.field("path"), pa.array(paths, pa.string()))
+    pq.write_table(table, bad / "stage1_train.parquet")
+
+    rc = vreid.cli.main(["train", str(_tiny_run(ws, tmp_path, bad)), "--name", "again"])
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ln.startswith("vreid: error: ")]
+    assert rc == 2 and len(line) == 1, err
+    assert "corrupt.jpg" in line[0] and "cannot read image" in line[0] and "Traceback" not in err
+    logs = list((tmp_path / "logs").glob("*.log"))
+    assert len(logs) == 1 and str(logs[0]) in line[0] and "Traceback" in logs[0].read_text()
+
+    uri = tracking.default_tracking_uri(tmp_path / "out")
+    runs = tracking.runs_dataframe("again", uri)
+    assert list(runs["status"]) == ["FAILED"]
+    assert runs["params.data.manifests"].iloc[0] == str(bad)
+
+    rc = vreid.cli.main(["train", str(_tiny_run(ws, tmp_path, ws["manifests"])), "--name", "again"])
+    assert rc == 0, capsys.readouterr().err
+    runs = tracking.runs_dataframe("again", uri).sort_values("start_time")
+    assert list(runs["status"]) == ["FAILED", "FINISHED"]
+    assert runs["params.data.manifests"].iloc[1] == str(ws["manifests"])
+    assert MlflowClient(uri).get_run(runs["run_id"].iloc[1]).data.tags.get("checkpoint")
