@@ -117,7 +117,7 @@ def _index(args: argparse.Namespace) -> int:
 def _vehiclenet(args: argparse.Namespace) -> int:
     from vreid.data.vehiclenet import build_vehiclenet
     from vreid.errors import ConfigError
-    from vreid.io import check_output_dir
+    from vreid.io import check_output_dir, recover_set
 
     sources = {}
     for item in args.source:
@@ -130,6 +130,7 @@ def _vehiclenet(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: expected an integer >= 0")
     check_output_dir(args.out)
+    recover_set(args.out)  # a run killed mid-swap: the old set back in place, dead runs' temporaries gone
     summary = build_vehiclenet(sources, args.target, args.out, train_only_others=args.train_only_others,
                                seed=args.seed, test_split=args.test_split, same_camera=args.same_camera,
                                stage2_full_train=args.stage2_full_train)

@@ -91,11 +91,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     import math
 
     from vreid.errors import ConfigError
-    from vreid.io import check_output_dir, read_text_file
+    from vreid.io import check_output_dir, read_text_file, recover_set
 
     if "://" in args.out:
         raise ConfigError(f"--out {args.out}: write to an absolute path on shared storage (mounted)")
     check_output_dir(args.out)
+    recover_set(args.out)  # a run killed mid-swap: the old set back, dead runs' temporaries (and _work) gone
     for flag, value in (("--num-actors", args.num_actors), ("--batch-size", args.batch_size), ("--top-k", args.top_k)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
