@@ -423,6 +423,18 @@ CASES: dict[str, Case] = {
     "evaluate-save-features-under-file": Case(
         evaluate("--save-features", lambda ws, tmp: str(a_file(tmp) / "f"),
                  features=lambda ws, tmp: ["--checkpoint", str(ws["ckpt"])]), ["a_file", "not a folder"], "5"),
+    # ---- class 10: manifest rows outside the dataset roots the manifest was built from
+    "check-path-outside-root": Case(check(lambda ws, tmp: manifest_with(ws, tmp, "path", "/etc/passwd")),
+                                    ["val_query.parquet", "row 0", "/etc/passwd", "outside the dataset root"], "10"),
+    "check-path-dotdot": Case(check(lambda ws, tmp: manifest_with(ws, tmp, "path", _dotdot(ws))),
+                              ["val_query.parquet", "row 0", "outside the dataset root"], "10"),
+    "train-path-outside-root": Case(
+        train(config=lambda ws, tmp: _config_with_manifests(ws, tmp, _manifests_with(ws, tmp, "val_gallery.parquet", "path",
+                                                                                       "/etc/passwd"))),
+        ["val_gallery.parquet", "/etc/passwd", "outside the dataset root"], "10"),
+    "ensemble-path-outside-root": Case(
+        ensemble("--manifests", lambda ws, tmp: str(_manifests_with(ws, tmp, "test_gallery.parquet", "path", "/etc/passwd"))),
+        ["test_gallery.parquet", "/etc/passwd", "outside the dataset root"], "10"),
     # ---- class 7: messages that missed the file
     "ensemble-manifests-missing-file": Case(ensemble("--manifests", lambda ws, tmp: str(manifests_copy(ws, tmp, "test_gallery.parquet"))),
                                             ["test_gallery.parquet", "not found"], "7"),
@@ -443,6 +455,20 @@ def _config_with_manifests(ws, tmp: Path, manifests: Path) -> Path:
     cfg = tmp / "run.yaml"
     cfg.write_text(ws["config"].read_text().replace(str(ws["manifests"]), str(manifests)))
     return cfg
+
+
+def _dotdot(ws) -> str:
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(ws["manifests"] / "val_query.parquet").column("path")[0].as_py()
+    return str(Path(first).parent / ".." / ".." / ".." / ".." / "etc" / "passwd")
+
+
+def _manifests_with(ws, tmp: Path, name: str, column: str, value) -> Path:
+    m = manifests_copy(ws, tmp)
+    bad = manifest_with({"manifests": m}, tmp, column, value, name)
+    shutil.move(bad, m / name)
+    return m
 
 
 def _manifests_with_null(ws, tmp: Path) -> Path:
@@ -503,12 +529,11 @@ def test_matrix_covers_every_command_and_class():
     commands = {name.split("-")[0] for name in CASES}
     assert {"index", "vehiclenet", "stats", "check", "synth", "train", "grid", "ensemble", "evaluate",
             "submission"} <= commands
-    assert {c.cls for c in CASES.values()} == {"1", "3", "4", "5", "7"}
+    assert {c.cls for c in CASES.values()} == {"1", "3", "4", "5", "7", "10"}
 
 
 # -- the same refusals as a user's shell sees them (a separate process) -----------------------------------
-@pytest.mark.parametrize("name", ["train-unknown-backbone", "ensemble-truncated-safetensors", "submission-plus-sign",
-                                  "index-out-is-dir"])
+@pytest.mark.parametrize("name", ["train-unknown-backbone", "submission-plus-sign", "index-out-is-dir"])
 def test_bad_input_subprocess(name, ws, tmp_path):
     case = CASES[name]
     argv = case.argv(ws, tmp_path)
@@ -576,7 +601,7 @@ def test_worker_error_is_one_line_and_the_run_failed_then_a_fixed_rerun_starts_f
     table = table.set_column(0, table.schema.field("path"), pa.array(paths, pa.string()))
     pq.write_table(table, bad / "stage1_train.parquet")
 
-    rc = vreid.cli.main(["train", str(_tiny_run(ws, tmp_path, bad)), "--name", "again"])
+    rc = vreid.cli.main(["train", str(_tiny_run(ws, tmp_path, bad)), "--name", "again", "--allow-outside-root"])
     err = capsys.readouterr().err
     line = [ln for ln in err.splitlines() if ln.startswith("vreid: error: ")]
     assert rc == 2 and len(line) == 1, err
@@ -595,3 +620,10 @@ def test_worker_error_is_one_line_and_the_run_failed_then_a_fixed_rerun_starts_f
     assert list(runs["status"]) == ["FAILED", "FINISHED"]
     assert runs["params.data.manifests"].iloc[1] == str(ws["manifests"])
     assert MlflowClient(uri).get_run(runs["run_id"].iloc[1]).data.tags.get("checkpoint")
+
+
+def test_allow_outside_root_opens_the_row(ws, tmp_path, capsys):
+    """With --allow-outside-root the row is opened (and reported: /etc/passwd is no image)."""
+    m = manifest_with(ws, tmp_path, "path", "/etc/passwd")
+    assert vreid.cli.main(["data", "check", str(m), "--workers", "1", "--allow-outside-root"]) == 1
+    assert "/etc/passwd" in capsys.readouterr().err
