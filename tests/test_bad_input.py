@@ -423,6 +423,18 @@ CASES: dict[str, Case] = {
     "evaluate-save-features-under-file": Case(
         evaluate("--save-features", lambda ws, tmp: str(a_file(tmp) / "f"),
                  features=lambda ws, tmp: ["--checkpoint", str(ws["ckpt"])]), ["a_file", "not a folder"], "5"),
+    # ---- class 10: manifest rows outside the dataset roots the manifest was built from
+    "check-path-outside-root": Case(check(lambda ws, tmp: manifest_with(ws, tmp, "path", "/etc/passwd")),
+                                    ["val_query.parquet", "row 0", "/etc/passwd", "outside the dataset root"], "10"),
+    "check-path-dotdot": Case(check(lambda ws, tmp: manifest_with(ws, tmp, "path", _dotdot(ws))),
+                              ["val_query.parquet", "row 0", "outside the dataset root"], "10"),
+    "train-path-outside-root": Case(
+        train(config=lambda ws, tmp: _config_with_manifests(ws, tmp, _manifests_with(ws, tmp, "val_gallery.parquet", "path",
+                                                                                       "/etc/passwd"))),
+        ["val_gallery.parquet", "/etc/passwd", "outside the dataset root"], "10"),
+    "ensemble-path-outside-root": Case(
+        ensemble("--manifests", lambda ws, tmp: str(_manifests_with(ws, tmp, "test_gallery.parquet", "path", "/etc/passwd"))),
+        ["test_gallery.parquet", "/etc/passwd", "outside the dataset root"], "10"),
     # ---- class 7: messages that missed the file
     "ensemble-manifests-missing-file": Case(ensemble("--manifests", lambda ws, tmp: str(manifests_copy(ws, tmp, "test_gallery.parquet"))),
                                             ["test_gallery.parquet", "not found"], "7"),
@@ -443,6 +455,20 @@ def _config_with_manifests(ws, tmp: Path, manifests: Path) -> Path:
     cfg = tmp / "run.yaml"
     cfg.write_text(ws["config"].read_text().replace(str(ws["manifests"]), str(manifests)))
     return cfg
+
+
+def _dotdot(ws) -> str:
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(ws["manifests"] / "val_query.parquet").column("path")[0].as_py()
+    return str(Path(first).parent / ".." / ".." / ".." / ".." / "etc" / "passwd")
+
+
+def _manifests_with(ws, tmp: Path, name: str, column: str, value) -> Path:
+    m = manifests_copy(ws, tmp)
+    bad = manifest_with({"manifests": m}, tmp, column, value, name)
+    shutil.move(bad, m / name)
+    return m
 
 
 def _manifests_with_null(ws, tmp: Path) -> Path:
@@ -503,12 +529,11 @@ def test_matrix_covers_every_command_and_class():
     commands = {name.split("-")[0] for name in CASES}
     assert {"index", "vehiclenet", "stats", "check", "synth", "train", "grid", "ensemble", "evaluate",
             "submission"} <= commands
-    assert {c.cls for c in CASES.values()} == {"1", "3", "4", "5", "7"}
+    assert {c.cls for c in CASES.values()} == {"1", "3", "4", "5", "7", "10"}
 
 
 # -- the same refusals as a user's shell sees them (a separate process) -----------------------------------
-@pytest.mark.parametrize("name", ["train-unknown-backbone", "ensemble-truncated-safetensors", "submission-plus-sign",
-                                  "index-out-is-dir"])
+@pytest.mark.parametrize("name", ["train-unknown-backbone", "submission-plus-sign", "index-out-is-dir"])
 def test_bad_input_subprocess(name, ws, tmp_path):
     case = CASES[name]
     argv = case.argv(ws, tmp_path)
@@ -536,3 +561,69 @@ def test_unexpected_error_is_one_line_with_a_log(tmp_path, capsys, monkeypatch):
     logs = list((tmp_path / "logs").glob("*.log"))
     assert len(logs) == 1 and str(logs[0]) in lines[0]
     assert "Traceback" in logs[0].read_text() and "boom" in logs[0].read_text()
+
+
+# -- errors inside Ray workers (the shared ray_cluster) -------------------------------------------------
+def _tiny_run(ws, tmp: Path, manifests: Path) -> Path:
+    cfg = tmp / "tiny.yaml"
+    cfg.write_text(f"""
+name: tiny
+recipe: vehiclenet
+data: {{manifests: {manifests}, image_size: [32, 32], loader_workers: 0}}
+model: {{backbone: test_resnet, fc_dim: 16, dropout: 0.0}}
+stage1: {{epochs: 1, batch_size: 32, lr: 0.05, milestones: [5]}}
+stage2: {{epochs: 1, batch_size: 32, lr: 0.05, milestones: [5]}}
+eval: {{flip: false, batch_size: 128}}
+scaling: {{num_workers: 1, cpus_per_worker: 0.5, max_failures: 0}}
+output: {{root: {tmp / 'out'}}}
+""")
+    return cfg
+
+
+def test_worker_error_is_one_line_and_the_run_failed_then_a_fixed_rerun_starts_fresh(ray_cluster, ws, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A corrupt image (found only when a Ray Train worker decodes it) gives one ``vreid: error:`` line naming
+    the image, exit 2, the full trace in a log file and the MLflow run FAILED. Re-running the same --name
+    with a fixed config then starts a new run: its params are the new config's, not the stale run's."""
+    from mlflow import MlflowClient
+
+    from vreid import tracking
+
+    monkeypatch.setenv("VREID_LOG_DIR", str(tmp_path / "logs"))
+    bad = manifests_copy(ws, tmp_path)
+    shutil.move(bad, tmp_path / "bad_manifests")
+    bad = tmp_path / "bad_manifests"
+    table = pq.read_table(bad / "stage1_train.parquet")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a JPEG")
+    paths = table.column("path").to_pylist()
+    paths[0] = str(corrupt)
+    table = table.set_column(0, table.schema.field("path"), pa.array(paths, pa.string()))
+    pq.write_table(table, bad / "stage1_train.parquet")
+
+    rc = vreid.cli.main(["train", str(_tiny_run(ws, tmp_path, bad)), "--name", "again", "--allow-outside-root"])
+    err = capsys.readouterr().err
+    line = [ln for ln in err.splitlines() if ln.startswith("vreid: error: ")]
+    assert rc == 2 and len(line) == 1, err
+    assert "corrupt.jpg" in line[0] and "cannot read image" in line[0] and "Traceback" not in err
+    logs = list((tmp_path / "logs").glob("*.log"))
+    assert len(logs) == 1 and str(logs[0]) in line[0] and "Traceback" in logs[0].read_text()
+
+    uri = tracking.default_tracking_uri(tmp_path / "out")
+    runs = tracking.runs_dataframe("again", uri)
+    assert list(runs["status"]) == ["FAILED"]
+    assert runs["params.data.manifests"].iloc[0] == str(bad)
+
+    rc = vreid.cli.main(["train", str(_tiny_run(ws, tmp_path, ws["manifests"])), "--name", "again"])
+    assert rc == 0, capsys.readouterr().err
+    runs = tracking.runs_dataframe("again", uri).sort_values("start_time")
+    assert list(runs["status"]) == ["FAILED", "FINISHED"]
+    assert runs["params.data.manifests"].iloc[1] == str(ws["manifests"])
+    assert MlflowClient(uri).get_run(runs["run_id"].iloc[1]).data.tags.get("checkpoint")
+
+
+def test_allow_outside_root_opens_the_row(ws, tmp_path, capsys):
+    """With --allow-outside-root the row is opened (and reported: /etc/passwd is no image)."""
+    m = manifest_with(ws, tmp_path, "path", "/etc/passwd")
+    assert vreid.cli.main(["data", "check", str(m), "--workers", "1", "--allow-outside-root"]) == 1
+    assert "/etc/passwd" in capsys.readouterr().err

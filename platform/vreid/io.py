@@ -160,6 +160,23 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_renames = 0
+
+
+def _after_rename() -> None:
+    """Fault injection for the kill tests: ``VREID_KILL_AFTER_RENAME=N`` kills this process with SIGKILL
+    right after its N-th rename into place (what a crash at the worst moment looks like)."""
+    global _renames
+    n = os.environ.get("VREID_KILL_AFTER_RENAME")
+    if not n:
+        return
+    _renames += 1
+    if _renames == int(n):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _tmp_name(target: Path, kind: str, suffix: str = "") -> Path:
     return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}{suffix}"
 
@@ -196,6 +213,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         _apply_mode(tmp_path, target)
         os.replace(tmp_path, target)
+        _after_rename()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -221,7 +239,9 @@ _AT_FDCWD = -100
 
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False if the
-    system cannot."""
+    system cannot (or ``VREID_NO_RENAME_EXCHANGE`` is set: tests of the fallback)."""
+    if os.environ.get("VREID_NO_RENAME_EXCHANGE"):
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         fn = libc.renameat2
@@ -278,14 +298,18 @@ def atomic_dir(target: str | os.PathLike, known: Iterable[str] | None = None) ->
         _apply_mode(tmp, target, directory=True)
         if target.exists():
             if _exchange(tmp, target):
+                _after_rename()
                 shutil.rmtree(tmp, ignore_errors=True)  # now holds the old set
             else:
                 old = tmp.with_name(tmp.name[: -len("tmpdir")] + "old")
                 os.rename(target, old)
+                _after_rename()
                 os.rename(tmp, target)
+                _after_rename()
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, target)
+            _after_rename()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -82,9 +82,11 @@ def run_manifests(cfg: RunConfig) -> dict[str, str]:
     return out
 
 
-def check_manifests(cfg: RunConfig, where: str, cache: dict[str, Any] | None = None) -> None:
-    """Every manifest the run reads exists and is a valid manifest (read and validated here)."""
-    from vreid.data.schema import read_manifest
+def check_manifests(cfg: RunConfig, where: str, cache: dict[str, Any] | None = None,
+                    allow_outside_root: bool = False) -> None:
+    """Every manifest the run reads exists, is a valid manifest (read and validated here) and names only
+    images under the dataset roots it was built from (unless ``allow_outside_root``)."""
+    from vreid.data.schema import check_paths_under_roots, read_manifest
 
     cache = {} if cache is None else cache
     for key, path in run_manifests(cfg).items():
@@ -96,13 +98,15 @@ def check_manifests(cfg: RunConfig, where: str, cache: dict[str, Any] | None = N
         df = read_manifest(path)
         if key.endswith("_train") and len(df) == 0:
             raise ConfigError(f"{where}: '{key}': {path} has no images")
+        check_paths_under_roots(df, path, allow_outside_root)
         cache[path] = True
 
 
-def check_run_config(cfg: RunConfig, where: str, cache: dict[str, Any] | None = None) -> None:
+def check_run_config(cfg: RunConfig, where: str, cache: dict[str, Any] | None = None,
+                     allow_outside_root: bool = False) -> None:
     check_numbers(cfg, where)
     check_backbone(cfg.model.backbone, cfg.model.pretrained, where=where)
-    check_manifests(cfg, where, cache)
+    check_manifests(cfg, where, cache, allow_outside_root)
 
 
 def grid_points(cfg: RunConfig) -> list[dict[str, Any]]:
@@ -112,7 +116,7 @@ def grid_points(cfg: RunConfig) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(params[k] for k in keys))]
 
 
-def check_grid_config(cfg: RunConfig, where: str) -> None:
+def check_grid_config(cfg: RunConfig, where: str, allow_outside_root: bool = False) -> None:
     """``grid.top_k`` >= 1 and every grid point a valid, buildable run (checked as the trial will build it)."""
     if cfg.grid is None or not cfg.grid.params:
         raise ConfigError(f"{where}: this config has no 'grid.params' section to sweep")
@@ -133,7 +137,7 @@ def check_grid_config(cfg: RunConfig, where: str) -> None:
         try:
             trial = config_from_dict(run, f"{where} ({label})")
             trial.data = trial.data.resolved(Path.cwd())
-            check_run_config(trial, f"{where} ({label})", cache)
+            check_run_config(trial, f"{where} ({label})", cache, allow_outside_root)
         except ConfigError:
             raise
         except VreidError as exc:

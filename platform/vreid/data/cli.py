@@ -58,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser("check", help="decode every image of a manifest; list unreadable or truncated ones")
     c.add_argument("manifest", help="FILE.parquet")
     c.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    c.add_argument("--allow-outside-root", action="store_true",
+                   help="also open rows whose path lies outside the dataset root(s) the manifest was built from")
     c.set_defaults(func=_check)
 
     dt = dsub.add_parser("detect", help="re-detect vehicles with Mask R-CNN (local weights file) and write "
@@ -126,7 +128,7 @@ def _index(args: argparse.Namespace) -> int:
 def _vehiclenet(args: argparse.Namespace) -> int:
     from vreid.data.vehiclenet import build_vehiclenet
     from vreid.errors import ConfigError
-    from vreid.io import check_output_dir
+    from vreid.io import check_output_dir, recover_set
 
     sources = {}
     for item in args.source:
@@ -139,6 +141,7 @@ def _vehiclenet(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ConfigError(f"--seed {args.seed}: expected an integer >= 0")
     check_output_dir(args.out)
+    recover_set(args.out)  # a run killed mid-swap: the old set back in place, dead runs' temporaries gone
     summary = build_vehiclenet(sources, args.target, args.out, train_only_others=args.train_only_others,
                                seed=args.seed, test_split=args.test_split, same_camera=args.same_camera,
                                stage2_full_train=args.stage2_full_train)
@@ -163,13 +166,14 @@ def _stats(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from vreid.data.check import check_images
-    from vreid.data.schema import read_manifest
+    from vreid.data.schema import check_paths_under_roots, read_manifest
 
     from vreid.errors import ConfigError
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     df = read_manifest(args.manifest)
+    check_paths_under_roots(df, args.manifest, args.allow_outside_root)
     bad = check_images(df["path"].tolist(), df["bbox"].tolist(), args.workers)
     for path, problem in bad:
         print(f"{path}: {problem}", file=sys.stderr)

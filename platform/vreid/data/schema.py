@@ -269,6 +269,36 @@ def read_manifest_metadata(path: str | os.PathLike) -> dict:
     return _metadata_of(schema, path)
 
 
+def manifest_roots(df: pd.DataFrame) -> list[str]:
+    """The dataset roots a manifest was built from, as its metadata records them (a reader's ``root``;
+    the VehicleNet merge's ``sources``); empty for a manifest written by another tool."""
+    meta = df.attrs.get("vreid") or {}
+    roots = [meta["root"]] if isinstance(meta.get("root"), str) else []
+    sources = (meta.get("vehiclenet") or {}).get("sources") if isinstance(meta.get("vehiclenet"), dict) else None
+    if isinstance(sources, dict):
+        roots += [r for r in sources.values() if isinstance(r, str)]
+    return sorted({os.path.normpath(r) for r in roots})
+
+
+def check_paths_under_roots(df: pd.DataFrame, where: str, allow_outside: bool = False) -> None:
+    """Refuse rows whose image path lies outside the dataset roots the manifest was built from.
+
+    A manifest is data that may come from elsewhere: a row naming ``/etc/shadow`` or another user's
+    files would otherwise be opened (and, by ``data check``, reported). Paths are compared after
+    normalising ``..`` (not resolving symlinks: datasets are often symlinked into place). A manifest
+    that records no root (written by another tool) cannot be checked and is accepted.
+    """
+    roots = manifest_roots(df)
+    if allow_outside or not roots or not len(df):
+        return
+    prefixes = tuple(r.rstrip(os.sep) + os.sep for r in roots)
+    for row, p in enumerate(df["path"]):
+        n = os.path.normpath(p) if isinstance(p, str) else ""
+        if not (os.path.isabs(n) and n.startswith(prefixes)):
+            raise DataFormatError(f"{where}: row {row} path {p!r} is outside the dataset root(s) {roots} this manifest "
+                                  "was built from; pass --allow-outside-root if that is intended")
+
+
 def manifest_stats(df: pd.DataFrame) -> pd.DataFrame:
     """Images / identities / cameras / classes per dataset and split, like VehicleNet's Table I.
 

@@ -13,6 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of the local Ray cluster")
     p.add_argument("--verbose", action="store_true", help="stream the Ray workers' logs (default: one line per epoch)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept manifest rows whose image path lies outside the dataset root(s) it was built from")
     p.set_defaults(func=_grid)
 
     c = sub.add_parser("compare", help="print a grid's trials from MLflow, sorted by validation mAP")
@@ -37,7 +39,7 @@ def _grid(args: argparse.Namespace) -> int:
     check_num_cpus(args.num_cpus)
     read_text_file(args.space, "grid config", ConfigError)
     cfg = load_config(args.space, args.overrides)
-    check_grid_config(cfg, args.space)  # every grid point, before Ray starts
+    check_grid_config(cfg, args.space, args.allow_outside_root)  # every grid point, before Ray starts
     init_ray(num_cpus=args.num_cpus, log_to_driver=args.verbose)
     selection = run_grid(cfg, name=args.name, resume=args.resume, num_cpus=args.num_cpus)
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "

@@ -45,6 +45,56 @@ def start_mlflow_run(cfg: RunConfig, experiment: str, run_name: str, tracking_ur
     return run.info.run_id
 
 
+def _run_params(cfg: RunConfig) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in cfg.flat().items() if k != "name"}, default=str))
+
+
+def _resumable_run(cfg: RunConfig, storage: str, run_file: Path, uri: str) -> Optional[str]:
+    """The MLflow run to continue for ``cfg.name``, or None to start a fresh one.
+
+    The same config resumes (an interrupted or failed run picks up from its last checkpoint). A
+    different config resumes nothing: if the earlier run failed or was killed, its Ray Train folders are
+    moved aside (``<name>-<stage>.stale-<time>``) and a new run starts, so neither its checkpoints nor its
+    MLflow params leak into the new one; if it is still resumable, the differing keys are named.
+    """
+    import time
+
+    from mlflow import MlflowClient
+
+    from vreid.errors import ConfigError
+
+    if not run_file.is_file():
+        return None
+    try:
+        prev = json.loads(run_file.read_text())
+        run_id = prev["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        prev, run_id = {}, None
+    status = None
+    if run_id:
+        try:
+            status = MlflowClient(uri).get_run(run_id).info.status
+        except Exception:  # noqa: BLE001 - a run deleted from MLflow (or another store): start afresh
+            status = None
+    now = _run_params(cfg)
+    old = prev.get("config")
+    if status is not None and (old == now or (old is None and status != "FAILED")):  # None: an older run file
+        if status != "RUNNING":
+            MlflowClient(uri).update_run(run_id, status="RUNNING")
+        return run_id
+    if status in ("RUNNING", "FINISHED") and old is not None:
+        diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        raise ConfigError(f"run name '{cfg.name}' already exists ({run_file}) with a different config "
+                          f"({', '.join(diff[:6])}); give a new --name")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for stage in cfg.stages:
+        stale = Path(storage) / f"{cfg.name}-{stage}"
+        if stale.exists():
+            stale.rename(stale.with_name(f"{stale.name}.stale-{stamp}"))
+    run_file.unlink()
+    return None
+
+
 def train_run(cfg: RunConfig, num_cpus: Optional[float] = None, extra_config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Run ``cfg`` on the local (or ``$RAY_ADDRESS``) Ray cluster; log it to MLflow as one run.
 
@@ -60,17 +110,20 @@ def train_run(cfg: RunConfig, num_cpus: Optional[float] = None, extra_config: Op
     storage = storage_path_for(cfg)
     uri = cfg.output.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.output.root)
     run_file = Path(storage) / f"{cfg.name}.mlflow_run.json"
-    if run_file.is_file():
-        run_id = json.loads(run_file.read_text())["run_id"]
-    else:
+    run_id = _resumable_run(cfg, storage, run_file, uri)
+    if run_id is None:
         run_id = start_mlflow_run(cfg, cfg.name, cfg.name, uri)
-        run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}))
+        run_file.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri, "config": _run_params(cfg)}))
 
     def callbacks(stage: str, offset: int) -> list:
         return [tracking.MLflowEpochLogger(uri, run_id, stage, offset, label=cfg.name)]
 
-    results = run_recipe(cfg, cfg.name, storage, callbacks, extra_config=extra_config)
     client = MlflowClient(uri)
+    try:
+        results = run_recipe(cfg, cfg.name, storage, callbacks, extra_config=extra_config)
+    except BaseException:  # the run is FAILED in MLflow, not left RUNNING; the CLI prints the reason
+        client.set_terminated(run_id, status="FAILED")
+        raise
     rows = []
     for stage, res in results.items():
         m = res["metrics"]

@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the selection's, $MLFLOW_TRACKING_URI, or <out>/../mlflow.db)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept manifest rows whose image path lies outside the dataset root(s) it was built from")
     p.add_argument("--log-experiment", help="MLflow experiment for the ensemble run (default: the grid's)")
 
 
@@ -69,6 +71,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.manifests:
         q, g, vq, vg = manifests_from_folder(args.manifests, q, g, vq, vg)
     scales = parse_scales(args.scales)
+    if not args.allow_outside_root:
+        from vreid.data.schema import check_paths_under_roots, read_manifest
+
+        for path in {p for p in (q, g, vq, vg) if p and Path(p).is_file()}:
+            check_paths_under_roots(read_manifest(path), path)
     inp = EnsembleInputs(
         models=models, out_dir=str(Path(args.out).resolve()), test_query=q, test_gallery=g, val_query=vq,
         val_gallery=vg, chain=args.chain, scales=scales, flip=not args.no_flip, num_actors=args.num_actors,
@@ -91,11 +98,12 @@ def check_arguments(args: argparse.Namespace) -> None:
     import math
 
     from vreid.errors import ConfigError
-    from vreid.io import check_output_dir, read_text_file
+    from vreid.io import check_output_dir, read_text_file, recover_set
 
     if "://" in args.out:
         raise ConfigError(f"--out {args.out}: write to an absolute path on shared storage (mounted)")
     check_output_dir(args.out)
+    recover_set(args.out)  # a run killed mid-swap: the old set back, dead runs' temporaries (and _work) gone
     for flag, value in (("--num-actors", args.num_actors), ("--batch-size", args.batch_size), ("--top-k", args.top_k)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")

@@ -12,6 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config key, e.g. --set stage1.lr=0.01 (repeatable)")
     p.add_argument("--name", help="run name (default: the config's name); re-running a name resumes it")
     p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of the local Ray cluster")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept manifest rows whose image path lies outside the dataset root(s) it was built from")
     p.set_defaults(func=_train)
 
 
@@ -27,7 +29,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.name:
         cfg.name = args.name
-    check_run_config(cfg, args.config)  # before Ray starts: backbone, weights, manifests, numbers
+    check_run_config(cfg, args.config, allow_outside_root=args.allow_outside_root)  # before Ray starts: backbone, weights, manifests, numbers
     summary = train_run(cfg, num_cpus=args.num_cpus)
     print(summary["table"])
     return 0
