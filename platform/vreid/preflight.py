@@ -30,6 +30,8 @@ def check_numbers(cfg: RunConfig, where: str) -> None:
         s = cfg.stage(stage)
         for name in _STAGE_FLOATS:
             value = getattr(s, name)
+            if value is None:  # unset: the recipe's default for the backbone family, filled when the stage is built
+                continue
             if not math.isfinite(value):
                 raise ConfigError(f"{where}: '{stage}.{name}' must be a finite number, got {value}")
             if name == "lr" and value <= 0:
