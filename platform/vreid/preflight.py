@@ -43,7 +43,7 @@ def check_numbers(cfg: RunConfig, where: str) -> None:
             value = getattr(getattr(cfg, section), f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{where}: '{section}.{f.name}' must be a finite number, got {value}")
-    for i, s in enumerate(cfg.eval.scales):
+    for i, s in enumerate(cfg.eval.scales or []):  # None: the recipe's / protocol's default views
         if not math.isfinite(s) or s <= 0:
             raise ConfigError(f"{where}: 'eval.scales[{i}]' must be a finite number > 0, got {s}")
 

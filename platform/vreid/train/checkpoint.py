@@ -104,14 +104,15 @@ def check_model_config(model_config: dict[str, Any], where: str) -> None:
     import inspect
 
     from vreid.models import ReidModel
+    from vreid.models.reid_model import CHECKPOINT_META_KEYS
 
     params = inspect.signature(ReidModel.__init__).parameters
     known = sorted(k for k in params if k != "self")
     for key, value in model_config.items():
-        if key in ("image_size", "recipe", "stage"):
+        if key in CHECKPOINT_META_KEYS:
             continue
         if key not in params:
-            raise VreidError(f"{where}: unknown key {key!r} (known keys: {', '.join(known + ['image_size', 'recipe', 'stage'])})")
+            raise VreidError(f"{where}: unknown key {key!r} (known keys: {', '.join(known + list(CHECKPOINT_META_KEYS))})")
         default = params[key].default
         if key == "backbone_name" or isinstance(default, str):
             ok = isinstance(value, str)
