@@ -109,7 +109,7 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
 
     _step(6, "the camera model (VehicleNet IV-C camera verification: its features are clustered), then the "
              "ensemble job: best-k features (flip x scales [1, 0.9, 0.8]) on Ray Data -> post-processing -> track2.txt")
-    camera_checkpoint = train_camera_model(space, manifests, out, overrides)
+    camera_checkpoint = train_camera_model(space, manifests, out, overrides, tracking_uri=uri)
     ens_dir = out / "ensemble"
     _run(["ensemble", "--selection", selection["path"], "--manifests", str(manifests), "--chain", chain,
           "--out", str(ens_dir), "--batch-size", "64", "--camera-checkpoint", camera_checkpoint])
@@ -144,9 +144,11 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
             "report": str(report_path) if report_path else None}
 
 
-def train_camera_model(space: str, manifests: Path, out: Path, overrides: list[str] | None = None) -> str:
+def train_camera_model(space: str, manifests: Path, out: Path, overrides: list[str] | None = None,
+                       tracking_uri: str | None = None) -> str:
     """A small camera classifier (the demo's recipe with camera ids as labels, ``data.label_by: camera``)
-    on the CityFlow training images (every one has a camera id) for both stages; returns its checkpoint."""
+    on the CityFlow training images (every one has a camera id) for both stages, tracked in the demo's
+    MLflow store (experiment ``<name>_camera``); returns its checkpoint."""
     from vreid.config import load_config
     from vreid.train.run import train_run
 
@@ -154,6 +156,8 @@ def train_camera_model(space: str, manifests: Path, out: Path, overrides: list[s
                               "data.label_by=camera", f"data.stage1_train={manifests / 'stage2_train.parquet'}",
                               "stage1.epochs=2", "stage2.epochs=1"])
     cfg.name = f"{cfg.name}_camera"
+    if tracking_uri:
+        cfg.output.mlflow_tracking_uri = tracking_uri
     return str(train_run(cfg)["checkpoint"])
 
 
