@@ -59,6 +59,22 @@ def untrained_map(cfg, num_classes: int) -> float:
     return validate(recipe.eval_model(), cfg, torch.device("cpu"))["val_mAP"]
 
 
+@pytest.fixture(scope="module")
+def target_manifests(demo_data, tmp_path_factory):
+    """VehicleNet manifests built for the VeRi-776, VehicleID and VeRi-Wild targets by the real merge."""
+    from vreid.cli import main
+
+    out = {}
+    for target in ("veri776", "vehicleid", "veriwild"):
+        d = tmp_path_factory.mktemp(f"manifests_{target}")
+        args = ["data", "vehiclenet"]
+        for src in ("cityflow", "veri776", "vehicleid", "veriwild"):
+            args += ["--source", f"{src}={demo_data / src}"]
+        assert main(args + ["--target", target, "--out", str(d)]) == 0
+        out[target] = d
+    return out
+
+
 def test_vehiclenet_stage1_stage2_learns(ray_cluster, vehiclenet_manifests, tmp_path):
     from vreid.data.schema import read_manifest
     from vreid.distributed.run import train_run
@@ -88,36 +104,76 @@ def test_vehiclenet_stage1_stage2_learns(ray_cluster, vehiclenet_manifests, tmp_
     print(summary["table"])
 
 
-def test_ssbver_teacher_learns(ray_cluster, vehiclenet_manifests, tmp_path):
-    from vreid.data.schema import read_manifest
+def small_config(manifests: Path, root: Path, recipe: str, seed: int, epochs: int = 10) -> dict:
+    """The learning tests' setting: the VeRi-776-target manifests of the generated data (20 training
+    ids, 160 images), 32 x 32, test_resnet, `epochs` epochs; the BNNeck recipes with their SSBVER
+    defaults except a learning rate, warm-up and EMA scaled to ~50 steps (the paper's 0.9995 EMA and
+    10 warm-up epochs are made for ~70,000 steps)."""
+    raw = {"name": f"{recipe}-{seed}", "recipe": recipe, "seed": seed,
+           "data": {"manifests": str(manifests), "stage1_train": str(manifests / "stage2_train.parquet"),
+                    "image_size": [32, 32], "loader_workers": 0},
+           "model": {"backbone": "test_resnet", "fc_dim": 128, "dropout": 0.0}, "eval": {"batch_size": 128},
+           "scaling": {"num_workers": 1, "cpus_per_worker": 1}, "output": {"root": str(root)}}
+    if recipe == "vehiclenet":
+        raw["stage1"] = {"epochs": epochs, "batch_size": 32, "lr": 0.05, "backbone_lr_mult": 1.0,
+                         "milestones": [epochs - 1], "weight_decay": 5e-4}
+        raw["stage2"] = {"epochs": 1}
+    else:
+        raw["stage1"] = {"epochs": epochs, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 1, "milestones": [epochs - 1]}
+        raw["ssbver"] = {"ema_momentum": 0.9, "n_local": 2, "local_size": [16, 16], "dino_out_dim": 256,
+                         "dino_hidden_dim": 256, "dino_bottleneck_dim": 64, "teacher_temp_warmup_epochs": 2}
+    return raw
+
+
+def test_ssbver_teacher_learns(ray_cluster, target_manifests, tmp_path):
+    """SSBVER on Ray Train: the EMA teacher (evaluated, exported without the SSL head) learns.
+
+    Margin, measured with the same setting and code (plain engine, 1 thread as the Ray worker) over
+    seeds 0, 1, 2: untrained 0.223 / 0.410 / 0.245, teacher after 10 epochs 0.459 / 0.627 / 0.426,
+    i.e. 2.05 / 1.53 / 1.74 x untrained; the threshold below (trained >= 1.3 x untrained) leaves 15 % under
+    the lowest seed's ratio. (The old 3 x threshold on 64 x 64 CityFlow validation had none.)"""
     from vreid.distributed.run import train_run
 
-    raw = tiny_config(
-        vehiclenet_manifests, tmp_path, recipe="ssbver", name="ssb",
-        **{
-            "stage1": {"epochs": 8, "batch_size": 32, "num_instances": 4, "sampler": "pk", "optimizer": "adam",
-                       "lr": 0.003, "backbone_lr_mult": 1.0, "milestones": [7], "weight_decay": 1e-4,
-                       "warmup_epochs": 1, "label_smoothing": 0.2},
-            # few steps here: an EMA of 0.9995 (the paper's, over ~10^5 steps) would barely leave the init
-            "ssbver": {"n_local": 2, "local_size": [32, 32], "dino_out_dim": 256, "ema_momentum": 0.9,
-                       "teacher_temp_warmup_epochs": 2, "dino_hidden_dim": 256, "dino_bottleneck_dim": 64},
-        },
-    )
-    # SSBVER trains on one training manifest; the tiny CityFlow part gives too few P x K steps, so
-    # train on the merged VehicleNet manifest and evaluate on the CityFlow validation split
-    raw["data"]["stage2_train"] = str(vehiclenet_manifests / "stage1_train.parquet")
-    cfg = config_from_dict(raw)
+    cfg = config_from_dict(small_config(target_manifests["veri776"], tmp_path, "ssbver", seed=0))
     cfg.data = cfg.data.resolved()
     summary = train_run(cfg)
     m = summary["results"]["stage1"]["metrics"]
     assert m["loss_ssl"] > 0 and m["loss_triplet"] >= 0
-    n = int(read_manifest(cfg.data.stage2_train)["label"].max()) + 1
-    base = untrained_map(cfg, n)
+    base = untrained_map(cfg, 20)
     print(f"untrained mAP {base:.4f}; SSBVER teacher {m['val_mAP']:.4f}")
-    assert m["val_mAP"] >= 3 * base
+    assert m["val_mAP"] >= 1.3 * base
     # the exported model is the teacher, without the SSL head (no inference overhead)
     ck = json.loads((Path(summary["checkpoint"]) / "model_config.json").read_text())
     assert ck["dino_out_dim"] is None and ck["recipe"] == "ssbver"
+
+
+def test_ssbver_baseline_learns_within_vehiclenets_epoch_budget(target_manifests, tmp_path):
+    """Same data, same 10 epochs (plain engine): the BNNeck baseline reaches at least 0.4 x VehicleNet's
+    mAP and 1.3 x its own untrained mAP.
+
+    Measured over seeds 0, 1, 2 (32 x 32, 1 thread): VehicleNet 0.772 / 0.745 / 0.765 (untrained 0.244 /
+    0.422 / 0.245); ssbver_baseline 0.465 / 0.625 / 0.399 (untrained 0.223 / 0.410 / 0.245), i.e. 0.60 /
+    0.84 / 0.52 x VehicleNet and 2.08 / 1.52 / 1.63 x untrained. Margins: 0.52 vs 0.4, 1.52 vs 1.3.
+    (Why the baseline is slower here -- SSBVER's colour jitter and erasing on colour-coded generated
+    identities, label smoothing 0.2 -- is measured in README, "What to expect on small generated data".)"""
+    from vreid.train import engine
+    from vreid.train.data import seed_everything
+    from vreid.train.recipes import recipe_class
+    from vreid.train.validation import validate
+
+    torch.set_num_threads(1)
+    out = {}
+    for recipe in ("vehiclenet", "ssbver_baseline"):
+        cfg = config_from_dict(small_config(target_manifests["veri776"], tmp_path, recipe, seed=0))
+        cfg.data = cfg.data.resolved()
+        stage = engine.prepare(cfg, "stage1")
+        seed_everything(cfg.seed)
+        untrained = validate(recipe_class(recipe)(cfg, "stage1", stage.recipe.num_classes).eval_model(), cfg, "cpu")
+        out[recipe] = (untrained["val_mAP"], engine.fit(stage)["val_mAP"])
+    print(out)
+    (vn_base, vn), (bl_base, bl) = out["vehiclenet"], out["ssbver_baseline"]
+    assert vn >= 1.3 * vn_base
+    assert bl >= 1.3 * bl_base and bl >= 0.4 * vn
 
 
 def test_two_workers_disjoint_shards_identical_params(ray_cluster, vehiclenet_manifests, tmp_path):
@@ -299,22 +355,6 @@ def test_engine_fits_a_recipe_without_ray(vehiclenet_manifests, tmp_path):
 
 
 # -- vreid train on each target, then vreid evaluate on the checkpoint -----------------------------------
-@pytest.fixture(scope="module")
-def target_manifests(demo_data, tmp_path_factory):
-    """VehicleNet manifests built for the VehicleID and VeRi-Wild targets by the real merge."""
-    from vreid.cli import main
-
-    out = {}
-    for target in ("vehicleid", "veriwild"):
-        d = tmp_path_factory.mktemp(f"manifests_{target}")
-        args = ["data", "vehiclenet"]
-        for src in ("cityflow", "veri776", "vehicleid", "veriwild"):
-            args += ["--source", f"{src}={demo_data / src}"]
-        assert main(args + ["--target", target, "--out", str(d)]) == 0
-        out[target] = d
-    return out
-
-
 @pytest.mark.parametrize("target,recipe", [("vehicleid", "vehiclenet"), ("veriwild", "ssbver_baseline")])
 def test_vreid_train_validates_with_the_target_protocol(ray_cluster, target_manifests, tmp_path, target, recipe):
     """`vreid train` on a VehicleID / VeRi-Wild target (VehicleID has no cameras: a same-camera junk rule
