@@ -25,10 +25,38 @@ def offline_caches(tmp_path, monkeypatch):
     monkeypatch.delenv("VREID_WEIGHTS_DIR", raising=False)
 
 
-def test_paper_backbones_are_known_to_timm():
-    for name in ["resnet50", "densenet121", "seresnext101_32x4d", "senet154", "vit_base_patch16_224",
-                 "swin_base_patch4_window7_224", "convnext_base"]:
-        assert timm.is_model(name), name
+# The papers' backbones and the pooled feature size each paper's head is built on (VehicleNet Fig. 3:
+# ResNet-50 / SE-ResNeXt101 2048-d; SSBVER sec. 4.3: ResNet50(-IBN-a) 2048, ViT-B 768, Swin-B 1024,
+# ConvNeXt-B 1024), and whether "last stride 1" reaches them (ResNets only).
+PAPER_BACKBONES = [("resnet50", 2048, True), ("resnet50_ibn_a", 2048, True), ("seresnext101_32x4d", 2048, True),
+                   ("vit_base_patch16_224", 768, False), ("swin_base_patch4_window7_224", 1024, False),
+                   ("convnext_base", 1024, False)]
+
+
+@pytest.mark.parametrize("name,dim,last_stride", PAPER_BACKBONES)
+def test_paper_backbones_build_with_the_papers_feature_size(name, dim, last_stride):
+    """vreid's factory (IBN-a names, ``num_classes=0``, the pooled size it reports, last stride) on the
+    meta device: no memory, no weights, every backbone the shipped search spaces name."""
+    with torch.device("meta"):
+        bb, feat_dim = build_backbone(name, last_stride=1, img_size=(256, 256))
+    assert feat_dim == dim
+    assert bb.last_stride_applied is last_stride
+
+
+def test_shipped_search_spaces_name_buildable_backbones():
+    import yaml
+
+    from conftest import REPO
+
+    names = set()
+    for f in (REPO / "search_spaces").glob("*.yaml"):
+        doc = yaml.safe_load(f.read_text()) or {}
+        if isinstance(doc.get("model"), dict) and "backbone" in doc["model"]:
+            names.add(doc["model"]["backbone"])
+        names.update(((doc.get("grid") or {}).get("params") or {}).get("model.backbone", []))
+    assert names >= {"resnet50", "seresnext101_32x4d"}
+    known = {n for n, _, _ in PAPER_BACKBONES} | {"test_resnet"}
+    assert names <= known, f"add {sorted(names - known)} to PAPER_BACKBONES with its paper's feature size"
     with pytest.raises(ConfigError, match="unknown backbone"):
         build_backbone("no_such_net")
 
