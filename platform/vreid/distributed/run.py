@@ -41,6 +41,16 @@ def start_mlflow_run(cfg: RunConfig, experiment: str, run_name: str, tracking_ur
     all_tags.update(tags or {})
     run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
     params = {k: v for k, v in cfg.flat().items() if not k.startswith("grid")}
+    # the optimiser settings each stage trains with (unset keys and `optimizer: auto` resolved)
+    import dataclasses
+
+    from vreid.config import resolve_stage, ssl_out_dim
+
+    for stage in cfg.stages:
+        for key, value in dataclasses.asdict(resolve_stage(cfg.stage(stage), cfg.model.backbone)).items():
+            params[f"{stage}.{key}"] = value
+    if cfg.recipe == "ssbver":
+        params["ssbver.dino_out_dim"] = ssl_out_dim(cfg)
     tracking.log_params(client, run.info.run_id, params)
     return run.info.run_id
 
