@@ -62,10 +62,19 @@ def ray_cluster():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "disabled"}
+    # loopback only: on Linux Ray turns --node-ip-address=127.0.0.1 into the machine's address (and its
+    # servers then listen on every interface) unless its single-node switch is off for the head
+    # (the drivers need it too: else they rewrite the 127.0.0.1 of the address and miss the head)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    head_env = env
     cmd = [os.path.join(bin_dir, "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
            "--num-cpus=4", f"--temp-dir={tmp}", "--disable-usage-stats", *agent_ports]
-    subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=180)
+    subprocess.run(cmd, env=head_env, check=True, capture_output=True, text=True, timeout=180)
     address = f"127.0.0.1:{port}"
     try:
         ray.init(address=address, log_to_driver=False)

@@ -97,12 +97,17 @@ def init_ray(num_cpus: Optional[float] = None, address: Optional[str] = None, **
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        if host in ("127.0.0.1", "localhost", "::1"):
+            loopback_only()  # else Ray rewrites the loopback host to the machine's address and misses the head
         ray.init(address=address, **kwargs)
         return
     import tempfile
 
+    loopback_only()
     ray.init(
         address="local",
+        _node_ip_address="127.0.0.1",  # every component of this single-node cluster on loopback only
         num_cpus=num_cpus,
         include_dashboard=False,
         object_store_memory=kwargs.pop("object_store_memory", 512 * 1024 * 1024),
@@ -111,6 +116,22 @@ def init_ray(num_cpus: Optional[float] = None, address: Optional[str] = None, **
         log_to_driver=kwargs.pop("log_to_driver", True),
         **kwargs,
     )
+
+
+def loopback_only() -> None:
+    """Make the local cluster about to start bind 127.0.0.1 only (GCS, raylet, workers, dashboard and
+    runtime-env agents), not every interface.
+
+    On Linux Ray replaces a node IP of 127.0.0.1 by the machine's address unless its
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` switch is off (Ray's own single-node mode, the default on
+    macOS and Windows); with it off, ``get_node_ip_address`` returns the loopback address and every
+    component listens there. The environment variable reaches the processes Ray spawns; the constant
+    is patched because this process may have imported Ray already.
+    """
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def storage_path_for(cfg: RunConfig) -> str:
