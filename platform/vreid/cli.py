@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vreid",
         description="Vehicle re-identification experiments on Ray: data, training, grids, ensembles.",
     )
+    from vreid import __version__
+
+    parser.add_argument("--version", action="version", version=f"vreid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMAND_MODULES:
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``vreid`` command with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -55,12 +55,10 @@ def storage_path_for(cfg: RunConfig) -> str:
 
 
 def stage_marker(storage_path: str, run_name: str) -> Optional[dict[str, Any]]:
-    if "://" in storage_path:
-        return None
-    path = Path(storage_path) / run_name / STAGE_MARKER
-    if path.is_file():
-        return json.loads(path.read_text())
-    return None
+    from vreid.distributed import storage
+
+    text = storage.read_text(storage.join(storage_path, run_name, STAGE_MARKER))
+    return json.loads(text) if text else None
 
 
 def fit_stage(
@@ -102,9 +100,10 @@ def fit_stage(
         raise result.error
     if result.checkpoint is None:
         raise VreidError(f"{run_name}: training finished without a checkpoint")
-    out = {"checkpoint": result.checkpoint.path, "metrics": _plain(result.metrics)}
-    if "://" not in storage_path:
-        (Path(storage_path) / run_name / STAGE_MARKER).write_text(json.dumps(out, indent=2))
+    from vreid.distributed import storage
+
+    out = {"checkpoint": storage.checkpoint_uri(storage_path, result.checkpoint.path), "metrics": _plain(result.metrics)}
+    storage.write_text(storage.join(storage_path, run_name, STAGE_MARKER), json.dumps(out, indent=2))
     return out
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from vreid.config import RunConfig, config_from_dict, resolve_stage
+from vreid.progress import DEFAULT_EVERY_STEPS, EpochProgress
 from vreid.train.checkpoint import load_model_for_inference, load_state, rng_state, save_checkpoint, set_rng_state
 from vreid.train.schedules import lr_schedule, teacher_temp_schedule
 
@@ -318,6 +319,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         n_steps = 0
         seen: list[int] = []
         digests: list[str] = []
+        progress = EpochProgress(config.get("progress_label") or cfg.name, stage_name, epoch + 1, stage.epochs, len(loader),
+                                 world, every=int(config.get("progress_every_steps", DEFAULT_EVERY_STEPS)) if rank == 0 else 0)
         for batch in loader:
             images, targets, index = batch
             targets = targets.to(device, non_blocking=True)
@@ -335,6 +338,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ema_update(teacher, model, cfg.ssbver.ema_momentum)
             n_images += int(targets.shape[0])
             n_steps += 1
+            progress.step(int(targets.shape[0]))  # a progress line every N steps (vreid/progress.py)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if debug_dir:
