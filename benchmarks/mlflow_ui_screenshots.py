@@ -35,12 +35,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tracking_uri: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(tracking_uri: str, workdir: Path, artifacts: str | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
     log = open(workdir / "mlflow_server.log", "w")
     proc = subprocess.Popen([str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", tracking_uri], stdout=log, stderr=subprocess.STDOUT)
+                             "--backend-store-uri", tracking_uri,
+                             *(["--artifacts-destination", artifacts] if artifacts else [])], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -68,10 +69,12 @@ def screenshot(chromium: str, url: str, out: Path, size: str, wait_ms: int) -> N
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tracking-uri", help="the grid's store (sqlite:///... or http://...)")
+    p.add_argument("--artifacts-destination", help="the store's proxied artifact root, when it had one (mlflow server)")
     p.add_argument("--server-url", help="an MLflow server already serving the store (skips starting one)")
     p.add_argument("--experiment", required=True, help="the grid's experiment name")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--size", default="1680,1050", help="window size W,H")
+    p.add_argument("--size", default="1680,2000", help="window size W,H")
+    p.add_argument("--wide-size", default="2900,900", help="window size of the runs table (its columns scroll right)")
     p.add_argument("--wait-ms", type=int, default=20000, help="virtual time Chromium gives the page to render")
     args = p.parse_args()
 
@@ -86,7 +89,7 @@ def main() -> int:
     elif args.tracking_uri and args.tracking_uri.startswith("http"):
         url = args.tracking_uri.rstrip("/")
     elif args.tracking_uri:
-        proc, url = start_server(args.tracking_uri, out)
+        proc, url = start_server(args.tracking_uri, out, args.artifacts_destination)
     else:
         raise SystemExit("give --tracking-uri or --server-url")
     try:
@@ -100,7 +103,13 @@ def main() -> int:
         trials = [r for r in runs if r.data.tags.get("vreid.role") == "trial" and r.info.status == "FINISHED"]
         parent = [r for r in runs if r.data.tags.get("vreid.role") == "grid"]
         eid = exp.experiment_id
-        screenshot(chromium, f"{url}/#/experiments/{eid}", out / "runs_table.png", args.size, args.wait_ms)
+        from vreid.tracking import GRID_VIEW_KEY, SHARED_VIEW_PREFIX
+
+        if SHARED_VIEW_PREFIX + GRID_VIEW_KEY in exp.tags:  # the trials view `vreid grid` saves
+            screenshot(chromium, f"{url}/#/experiments/{eid}/runs?viewStateShareKey={GRID_VIEW_KEY}",
+                       out / "runs_table.png", args.wide_size, args.wait_ms)
+        else:
+            screenshot(chromium, f"{url}/#/experiments/{eid}/runs", out / "runs_table.png", args.size, args.wait_ms)
         if trials:
             ids = urllib.parse.quote(json.dumps([r.info.run_id for r in trials]))
             screenshot(chromium, f"{url}/#/compare-runs?runs={ids}&experiments={urllib.parse.quote(json.dumps([eid]))}",

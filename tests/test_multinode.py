@@ -71,7 +71,7 @@ def moto_s3(tmp_path_factory):
     query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
     old = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
-    fs, _ = storage.filesystem(f"s3://vreid-test?{query}")
+    fs, _ = storage.filesystem(f"s3://vreid-test?{query}&allow_bucket_creation=true")
     fs.create_dir("vreid-test")
     try:
         yield {"query": query, "fs": fs}
@@ -179,14 +179,19 @@ def _space(manifests: Path, root: Path, **output) -> Path:
     raw["output"] = {"root": str(root), **output}
     raw["stage1"]["epochs"] = 2
     raw["stage2"]["epochs"] = 1
-    raw["grid"].update({"params": {"stage1.lr+stage2.lr": [0.05, 0.08]}, "top_k": 2, "max_concurrent_trials": 2})
+    # trial drivers hold (almost) no CPU: when the second node is lost, the survivor's Train worker must
+    # not wait behind the retried trial's driver for the head's last CPU (a deadlock seen with 0.5 + 0.5
+    # on a 1-CPU head); one 0.9-CPU worker fits a node, so the second trial's worker runs on the second node
+    raw["grid"].update({"params": {"stage1.lr+stage2.lr": [0.05, 0.08]}, "top_k": 2, "max_concurrent_trials": 2,
+                        "trial_cpus": 0.01})
+    raw["scaling"]["cpus_per_worker"] = 0.9
     path = root / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
 def test_grid_survives_losing_a_node_with_s3_storage(two_nodes, moto_s3, mlflow_server, vehiclenet_manifests, tmp_path):
-    """Two trials, one CPU per node: one trial (at least its Train worker) runs on the second node. That
+    """Two trials, one CPU per node: one trial's Train worker runs on the second node. That
     node's raylet is killed once both trials have logged an epoch; Tune retries the lost trial, its Train
     runs resume from their checkpoints on S3 (moto), and the grid finishes with every epoch in MLflow
     exactly once."""
@@ -201,7 +206,7 @@ def test_grid_survives_losing_a_node_with_s3_storage(two_nodes, moto_s3, mlflow_
     space = _space(vehiclenet_manifests, tmp_path, storage_path=s3)
     log_path = tmp_path / "grid.log"
     proc = subprocess.Popen([str(Path(sys.executable).parent / "vreid"), "grid", str(space), "--tracking-uri", mlflow_server],
-                            env={**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"]},
+                            env={**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"], "VREID_STALL_S": "120"},
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     client = MlflowClient(mlflow_server)
     killed_children = []

@@ -129,6 +129,11 @@ def test_mlflow_is_where_runs_are_compared_and_handed_on(demo_run):
     # runs named by their swept values; the swept keys are the first columns of the comparison
     names = sorted(item["run_name"] for item in sel["finished"])
     assert names == ["lr0.05", "lr0.08"], names
+    # the experiment opens on its runs table, and a saved view shows the trials with the swept keys
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.vreid-trials"])
+    assert view["selectedColumns"][0] == "params.`grid.stage1.lr and stage2.lr`"
+    assert view["orderByKey"] == "metrics.`val_mAP`" and "vreid.role" in view["searchFilter"]
     table = tracking.compare_table("demo", uri)
     assert list(table.columns[:3]) == ["run", "trial", "stage1.lr and stage2.lr"]
     assert set(table["run"]) == {"lr0.05", "lr0.08", "lr-1"}

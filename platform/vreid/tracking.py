@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from ray.train.v2.api.callback import UserCallback
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 STAGE_PREFIXED = ("loss", "loss_ce", "loss_triplet", "loss_ssl", "lr", "images_per_s", "epoch_time_s")
 
 
@@ -71,7 +72,15 @@ def get_or_create_experiment(name: str, tracking_uri: str, artifact_root: Option
     kwargs = {}
     if artifact_root and tracking_uri.startswith("sqlite"):
         kwargs["artifact_location"] = Path(artifact_root).resolve().as_uri()
-    return mlflow.create_experiment(name, **kwargs)
+    # MLflow 3's UI opens a GenAI overview unless the experiment says it holds model training runs
+    kwargs["tags"] = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+    try:
+        return mlflow.create_experiment(name, **kwargs)
+    except mlflow.exceptions.MlflowException:  # another trial created it first
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit() -> str:
@@ -256,8 +265,8 @@ def driver_source() -> str:
     argv = list(sys.argv)
     if not argv or not argv[0]:
         return "python"
-    prog = Path(argv[0]).name
-    if prog in ("vreid", "__main__.py", "cli.py"):
+    path = Path(argv[0])
+    if path.name == "vreid" or (path.name in ("__main__.py", "cli.py") and path.parent.name == "vreid"):
         return " ".join(["vreid", *argv[1:]])
     return " ".join([argv[0], *argv[1:]])
 
@@ -366,3 +375,23 @@ def register_selected(tracking_uri: str, registry_name: str, selected: list[dict
             client.set_registered_model_alias(registry_name, "champion", mv.version)
         out.append({"rank": rank, "version": str(mv.version), "model_uri": uri})
     return out
+
+
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+GRID_VIEW_KEY = "vreid-trials"
+
+
+def save_trials_view(client, experiment_id: str, swept: list[str], metric: str = "val_mAP") -> str:
+    """A shared view of the experiment's runs table (MLflow's own "share view" state, an experiment tag
+    ``mlflow.sharedViewState.<key>``): the trial runs only, best ``metric`` first, with the swept keys'
+    ``grid.*`` params, then the validation metrics, models and datasets as columns. Returns the UI path
+    ``#/experiments/<id>/runs?viewStateShareKey=<key>`` that opens it."""
+    import json
+
+    columns = [f"params.`grid.{k.replace('+', ' and ')}`" for k in swept]
+    columns += [f"metrics.`{m}`" for m in (metric, *[c for c in COMPARE_METRICS if c != metric])]
+    columns += ["metrics.`eff_params_m`", "attributes.`Models`", "attributes.`Dataset`", "attributes.`Source`"]
+    state = {"searchFilter": "tags.`vreid.role` = 'trial'", "orderByKey": f"metrics.`{metric}`", "orderByAsc": False,
+             "selectedColumns": columns}
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + GRID_VIEW_KEY, json.dumps(state))
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={GRID_VIEW_KEY}"

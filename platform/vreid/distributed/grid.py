@@ -380,6 +380,8 @@ def start_grid_run(cfg: RunConfig, name: str, uri: str) -> str:
                    f"{points}; the best {cfg.grid.top_k} by {cfg.grid.metric} are selected. {cfg.description}").strip()
     tags = {"vreid.grid": name, "vreid.role": "grid", "vreid.recipe": cfg.recipe, "vreid.backbone": cfg.model.backbone,
             **tracking.source_tags(tracking.driver_source(), description)}
+    view = tracking.save_trials_view(client, exp_id, list(cfg.grid.params), cfg.grid.metric)
+    tags["mlflow.note.content"] += f"\n\nThe trials side by side (MLflow UI): `{view}`."
     run = client.create_run(exp_id, run_name=f"{name} (grid)", tags=tags)
     params = {k: v for k, v in cfg.flat().items() if not k.startswith("grid") and k not in swept}
     params.update({f"grid.{k}": list(v) for k, v in cfg.grid.params.items()})
