@@ -1,12 +1,13 @@
 """Ray job entrypoint: the AI City ensemble.
 
-    ray job submit --working-dir . -- python jobs/aicity_ensemble.py \
+    ray job submit --working-dir . --runtime-env jobs/runtime_env.yaml -- python jobs/aicity_ensemble.py \
         --selection /shared/vreid/ray_results/aicity2020/selection.json \
         --manifests /shared/vreid/manifests/cityflow --chain search_spaces/postprocess_aicity.yaml \
-        --out /shared/vreid/outputs/aicity2020/ensemble
+        --out /shared/vreid/outputs/aicity2020/ensemble --tracking-uri http://<head>:5000
 
 The job runs in a temporary copy of the working directory: give absolute paths (or mounted shared
-storage) for every input and output.
+storage) for every input and output. Without --tracking-uri the ensemble run goes to the grid's MLflow
+store (the selection's tracking_uri), nested under the grid's run.
 """
 
 import argparse

@@ -82,3 +82,62 @@ def test_grid_resume_after_interrupted_driver(ray_cluster, vehiclenet_manifests,
     client = MlflowClient(selection["tracking_uri"])
     for item in selection["finished"]:
         assert epoch_history(client, item["mlflow_run_id"]) == [1, 2]
+
+
+class _Trial:
+    def __init__(self, trial_id: str, status: str = "RUNNING", grid=None):
+        self.trial_id = trial_id
+        self.status = status
+        self.config = {"grid": grid or {}}
+        self.error_file = None
+
+
+def test_grid_counter_counts_against_the_whole_grid(capsys):
+    """Tune creates trials lazily (max_concurrent_trials=2: two exist when the first finishes), so the
+    counter's total is the grid's size (2 x 2 = 4), not the trials created so far ("1/2 done" was the bug)."""
+    from vreid.distributed.grid import grid_size, progress_callback
+
+    params = {"stage1.batch_size+stage2.batch_size": [16, 32], "stage1.lr+stage2.lr": [0.03, 0.08]}
+    assert grid_size(params) == 4
+    cb = progress_callback(grid_size(params))
+    a, b = _Trial("a_00000"), _Trial("a_00001")
+    cb.on_trial_complete(0, [a, b], a)  # Tune updates a's status after this callback
+    a.status = "TERMINATED"
+    c = _Trial("a_00002")
+    cb.on_trial_error(0, [a, b, c], b)
+    b.status = "ERROR"
+    d = _Trial("a_00003")
+    cb.on_trial_complete(0, [a, b, c, d], c)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "done)" in line]
+    assert ["(1/4 done)" in lines[0], "(2/4 done)" in lines[1], "(3/4 done)" in lines[2]] == [True] * 3, lines
+
+
+def test_run_names_from_swept_values():
+    from vreid.distributed.grid import run_name
+
+    assert run_name({"stage1.batch_size+stage2.batch_size": 32, "stage1.lr+stage2.lr": 0.03}) == "bs32-lr0.03"
+    assert run_name({"model.backbone": "resnet50_ibn_a", "recipe": "ssbver"}) == "resnet50_ibn_a-ssbver"
+    # two swept keys with the same last part keep their stage
+    assert run_name({"stage1.lr": 0.1, "stage2.lr": 0.01}) == "stage1.lr0.1-stage2.lr0.01"
+    assert run_name({"stage1.lr": 1e-4}) == "lr0.0001"
+
+
+def test_a_stalled_trial_is_reported_once(capsys):
+    from vreid.distributed.grid import progress_callback
+
+    now = [0.0]
+    cb = progress_callback(2, stall_s=60, clock=lambda: now[0])
+    a, b = _Trial("s_00000"), _Trial("s_00001", status="PENDING")
+    cb.on_step_end(0, [a, b])
+    now[0] = 59.0
+    cb.on_step_end(0, [a, b])
+    assert "no report" not in capsys.readouterr().out
+    now[0] = 61.0
+    cb.on_step_end(0, [a, b])
+    cb.on_step_end(0, [a, b])  # once, not at every step
+    out = capsys.readouterr().out
+    assert out.count("no report for 1m01s while RUNNING (1 trial(s) PENDING)") == 1, out
+    cb.on_trial_result(0, [a, b], a, {"final": 1})  # it reports again: the clock restarts
+    now[0] = 100.0
+    cb.on_step_end(0, [a, b])
+    assert "no report" not in capsys.readouterr().out

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -108,29 +110,163 @@ def test_grid_faults_and_mlflow_over_http(demo_run):
     assert table.iloc[0]["params_m"] > 0
 
 
-def test_ensemble_as_ray_job_is_byte_identical(demo_run, ray_cluster, tmp_path):
-    out = Path(demo_run["out"])
-    job_out = tmp_path / "job_ensemble"
-    runtime_env = {"excludes": [".git", ".venv", "outputs", "*.parquet", "mlruns", "__pycache__", "*.egg-info"]}
-    env = dict(ray_cluster["env"])
-    ray_bin = str(Path(env["PATH"].split(":")[0]) / "ray")
-    cmd = [ray_bin, "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(REPO),
-           "--runtime-env-json", json.dumps(runtime_env), "--",
-           "python", "jobs/aicity_ensemble.py", "--selection", demo_run["selection"]["path"],
-           "--manifests", str(out / "manifests"), "--chain", str(REPO / "search_spaces" / "postprocess_demo.yaml"),
-           "--out", str(job_out), "--batch-size", "64", "--camera-checkpoint", demo_run["camera_checkpoint"]]
-    for _ in range(40):  # the head's job agent may still be starting
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if proc.returncode == 0 or "No available agent" not in proc.stdout + proc.stderr:
-            break
-        time.sleep(3)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "succeeded" in (proc.stdout + proc.stderr).lower()
+def test_mlflow_is_where_runs_are_compared_and_handed_on(demo_run):
+    """Run names from the swept values, swept keys first, the grid's summary on its parent run (and no
+    base values for the swept keys there), each trial's model loadable with mlflow.pytorch.load_model and
+    giving the checkpoint's features, the selected models in the Model Registry with aliases, the
+    ensemble run nested under its grid, manifests as dataset inputs, MLflow's own source/git fields."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow import MlflowClient
+
+    from vreid import tracking
+    from vreid.distributed.grid import registry_name
+    from vreid.train.checkpoint import load_model_for_inference
+
+    sel = demo_run["selection"]
+    uri = demo_run["tracking_uri"]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("demo")
+    # runs named by their swept values; the swept keys are the first columns of the comparison
+    names = sorted(item["run_name"] for item in sel["finished"])
+    assert names == ["lr0.05", "lr0.08"], names
+    # the experiment opens on its runs table, and a saved view shows the trials with the swept keys
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(exp.tags["mlflow.sharedViewState.vreid-trials"])
+    assert view["selectedColumns"][0] == "params.`grid.stage1.lr and stage2.lr`"
+    assert view["orderByKey"] == "metrics.`val_mAP`" and "vreid.role" in view["searchFilter"]
+    table = tracking.compare_table("demo", uri)
+    assert list(table.columns[:3]) == ["run", "trial", "stage1.lr and stage2.lr"]
+    assert set(table["run"]) == {"lr0.05", "lr0.08", "lr-1"}
+    # the parent run: summary metrics and the selection table; swept keys only as the grid's lists
+    parent = client.get_run(sel["parent_run_id"])
+    assert parent.data.tags["vreid.role"] == "grid" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_val_mAP"] == pytest.approx(sel["selected"][0]["metrics"]["val_mAP"])
+    assert parent.data.metrics["trials_finished"] == 2 and parent.data.metrics["trials_failed"] == 1
+    for key in ("stage1.lr", "stage2.lr"):
+        assert key not in parent.data.params, key
+    assert parent.data.params["stage1.batch_size"] == "32"  # not swept: the base value is what every trial ran
+    assert parent.data.params["grid.stage1.lr and stage2.lr"] == "[0.05, 0.08, -1.0]"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "selection")}
+    assert {"selection/selection_table.md", "selection/selection.json"} <= artifacts
+    table_md = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="selection/selection_table.md",
+                                                        tracking_uri=uri)).read_text()
+    assert all(item["run_name"] in table_md for item in sel["finished"])
+    assert "lr0.05" in parent.data.tags["mlflow.note.content"]
+    # each finished trial's model comes back from MLflow and gives the checkpoint's features
+    tracking.configure(uri)
+    x = torch.rand(3, 3, 64, 64)
+    for item in sel["finished"]:
+        run = client.get_run(item["mlflow_run_id"])
+        assert run.info.run_name == item["run_name"]
+        assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"] != "unknown"
+        assert run.data.tags["mlflow.source.name"] and run.data.tags["mlflow.note.content"]
+        assert {d.dataset.name for d in run.inputs.dataset_inputs} >= {"stage1_train", "stage2_train", "val_query", "val_gallery"}
+        loaded = mlflow.pytorch.load_model(item["model_uri"])
+        reference, _ = load_model_for_inference(item["checkpoint_uri"])
+        with torch.no_grad():
+            got, want = loaded(x), reference.extract(x)
+        assert got.shape == (3, 128) and torch.allclose(got, want, atol=1e-5)
+        info = mlflow.models.get_model_info(item["model_uri"])
+        assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, 64, 64]
+    # the registry: champion = rank1 = the best selected trial
+    name = registry_name("demo")
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.version == client.get_model_version_by_alias(name, "rank1").version == sel["selected"][0]["model_version"]
+    assert client.get_model_version_by_alias(name, "rank2").version == sel["selected"][1]["model_version"]
+    loaded = mlflow.pytorch.load_model(f"models:/{name}@champion")
+    with torch.no_grad():
+        assert loaded(x).shape == (3, 128)
+    # the ensemble run: nested under the grid, its manifests as inputs
+    ens = client.search_runs([exp.experiment_id], "tags.`vreid.role` = 'ensemble'")
+    assert len(ens) == 1 and ens[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert {d.dataset.name for d in ens[0].inputs.dataset_inputs} >= {"test_query", "test_gallery"}
+
+
+def test_readme_python_api(demo_run, tmp_path, monkeypatch, capsys):
+    """README's Python API block, run verbatim from a folder whose outputs/demo is this test's demo: it
+    prints the CityFlow protocol row of the best trial, whose mAP is the val_mAP the trial reported."""
+    import re
+
+    from local_ray import readme_block
+
+    code = readme_block("tests/test_pipeline.py::test_readme_python_api")
+    assert len(code.strip().splitlines()) == 5
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "demo").symlink_to(demo_run["out"])
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "'protocol': 'cityflow'" in printed, printed
+    m_ap = float(re.search(r"'mAP': (?:np\.float\d+\()?([0-9.e+-]+)", printed).group(1))
+    assert m_ap == pytest.approx(demo_run["selection"]["selected"][0]["metrics"]["val_mAP"], abs=1e-6)
+
+
+def test_readme_ray_job_submit(demo_run, tmp_path):
+    """README's "Ray jobs on a local Ray cluster" block, run as written on a fresh token-auth head:
+    its `ray start --head` line (plus free ports and a temp dir of its own: this machine is shared), its
+    `ray get-auth-token` and `ray job submit` lines verbatim, with the venv's bin first on PATH (README's
+    `. .venv/bin/activate`) and `DEMO` set to this test's demo output. The job's track2.txt must equal
+    the in-process ensemble's byte for byte, and the job logs its run to the `--tracking-uri` it got."""
+    import os
+    import sys
+
+    from mlflow import MlflowClient
+
+    from local_ray import exports, free_port_flags, kill_temp_dir, readme_block, shell_commands
     from vreid.ensemble.submission import validate_track2
 
+    commands = shell_commands(readme_block("tests/test_pipeline.py::test_readme_ray_job_submit"))
+    start = [c for c in commands if c.startswith("ray start --head")]
+    token = [c for c in commands if c.startswith("ray get-auth-token")]
+    submit = [c for c in commands if c.startswith("ray job submit")]
+    assert len(start) == len(token) == len(submit) == 1, commands
+    assert exports(commands)["RAY_AUTH_MODE"] == "token"
+
+    tmp = tempfile.mkdtemp(prefix="vrj", dir="/tmp")  # socket paths must stay under 107 bytes
+    # the head's own token file instead of ~/.ray/auth_token (shared by everybody on this machine)
+    Path(tmp, "auth_token").write_text(uuid.uuid4().hex)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "PYTHONPATH")}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["RAY_AUTH_TOKEN_PATH"] = str(Path(tmp, "auth_token"))
+    flags = free_port_flags(head=True)
+    dashboard_port = next(f.split("=")[1] for f in flags if f.startswith("--dashboard-port="))
+
+    def sh(command: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], cwd=REPO, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=900)
+
+    try:
+        assert sh(token[0]).returncode == 0
+        # a head that finds a token turns token auth on by itself (no RAY_AUTH_MODE needed)
+        started = sh(" ".join([start[0], *flags, f"--temp-dir={tmp}/ray", "--disable-usage-stats"]))
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        address = f"http://127.0.0.1:{dashboard_port}"
+        unauth = sh("ray job list", RAY_API_SERVER_ADDRESS=address)
+        assert unauth.returncode != 0 and "AuthenticationError" in unauth.stderr, "the head did not enable token auth"
+        job_env = {**exports(commands), "RAY_API_SERVER_ADDRESS": address, "DEMO": demo_run["out"]}
+        for _ in range(40):  # the head's job agent may still be starting
+            proc = sh(submit[0], **job_env)
+            if proc.returncode == 0 or "No available agent" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(3)
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, log[-6000:]
+        assert "succeeded" in log.lower()
+        assert "[vreid] ensemble: extracted" in log, "no extraction progress in the job's log"
+    finally:
+        kill_temp_dir(tmp)
+
+    out = Path(demo_run["out"])
     man = out / "manifests"
+    job_out = out / "job_ensemble"
     validate_track2(job_out / "track2.txt", rows(man / "test_query.parquet"), rows(man / "test_gallery.parquet"))
     assert (job_out / "track2.txt").read_bytes() == Path(demo_run["submission"]).read_bytes()
+    client = MlflowClient(f"sqlite:///{out}/mlflow.db")
+    exp = client.get_experiment_by_name("demo")
+    runs = client.search_runs([exp.experiment_id], "tags.`vreid.role` = 'ensemble'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
 def test_ensemble_rejects_bad_input_before_work(demo_run, tmp_path):

@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vreid",
         description="Vehicle re-identification experiments on Ray: data, training, grids, ensembles.",
     )
+    from vreid import __version__
+
+    parser.add_argument("--version", action="version", version=f"vreid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in _COMMAND_MODULES:

@@ -93,7 +93,8 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
     cfg = load_config(space, [f"data.manifests={manifests}", f"output.root={out}", *(overrides or [])])
     # progress comes from the grid's driver-side callback; the workers' own logs stay in Ray's log folder
     init_ray(num_cpus=num_cpus or 2 * (os.cpu_count() or 2), log_to_driver=False)
-    selection = run_grid(cfg, name=cfg.name, extra_config=extra_config)
+    # a progress line every 10 steps inside each epoch (the demo's epochs are short)
+    selection = run_grid(cfg, name=cfg.name, extra_config={"progress_every_steps": 10, **(extra_config or {})})
     uri = selection["tracking_uri"]
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "
           f"({len(selection['failed'])} failed) -> {selection['path']}")
@@ -150,7 +151,7 @@ def train_camera_model(space: str, manifests: Path, out: Path, overrides: list[s
     on the CityFlow training images (every one has a camera id) for both stages, tracked in the demo's
     MLflow store (experiment ``<name>_camera``); returns its checkpoint."""
     from vreid.config import load_config
-    from vreid.train.run import train_run
+    from vreid.distributed.run import train_run
 
     cfg = load_config(space, [f"data.manifests={manifests}", f"output.root={out / 'camera_model'}", *(overrides or []),
                               "data.label_by=camera", f"data.stage1_train={manifests / 'stage2_train.parquet'}",

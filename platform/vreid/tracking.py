@@ -17,16 +17,31 @@ from typing import Any, Optional
 
 from ray.train.v2.api.callback import UserCallback
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 STAGE_PREFIXED = ("loss", "loss_ce", "loss_triplet", "loss_ssl", "lr", "images_per_s", "epoch_time_s")
 
 
-def default_tracking_uri(root: str | os.PathLike = "outputs") -> str:
+def default_tracking_uri(root: str | os.PathLike = "outputs", create: bool = True) -> str:
+    """``$MLFLOW_TRACKING_URI``, else ``sqlite:///<root>/mlflow.db`` (its folder made unless ``create`` is false)."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     path = Path(root).resolve() / "mlflow.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
+
+
+def require_existing_store(tracking_uri: str) -> None:
+    """For reading commands: a SQLite store that does not exist is an error, not a new empty database
+    (opening it would create one)."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            from vreid.errors import VreidError
+
+            raise VreidError(f"no MLflow database at {path}: give the grid's --root (the folder holding mlflow.db) "
+                             "or --tracking-uri")
 
 
 def configure(tracking_uri: str) -> None:
@@ -38,6 +53,7 @@ def configure(tracking_uri: str) -> None:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in job logs
     before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     if before is None:
@@ -56,7 +72,15 @@ def get_or_create_experiment(name: str, tracking_uri: str, artifact_root: Option
     kwargs = {}
     if artifact_root and tracking_uri.startswith("sqlite"):
         kwargs["artifact_location"] = Path(artifact_root).resolve().as_uri()
-    return mlflow.create_experiment(name, **kwargs)
+    # MLflow 3's UI opens a GenAI overview unless the experiment says it holds model training runs
+    kwargs["tags"] = {EXPERIMENT_KIND_TAG: "custom_model_development"}
+    try:
+        return mlflow.create_experiment(name, **kwargs)
+    except mlflow.exceptions.MlflowException:  # another trial created it first
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def git_commit() -> str:
@@ -153,7 +177,8 @@ EFFICIENCY_METRICS = ("eff_params_m", "eff_ms_per_image_b1", "eff_images_per_s",
 def compare_table(experiment: str, tracking_uri: str):
     """The grid's trials as one table sorted by validation mAP (``vreid compare``).
 
-    Columns: the swept config keys (params that differ between trials, plus the backbone), the final
+    Columns: the run name (the swept values), the swept config keys, the backbone and recipe, any other
+    setting that differs between trials, the final
     validation metrics, efficiency (parameters, ms/image, peak memory, feature dims), whether the
     trial was selected, its status and MLflow run id.
     """
@@ -167,12 +192,19 @@ def compare_table(experiment: str, tracking_uri: str):
 
         raise VreidError(f"MLflow experiment '{experiment}' has no trial runs yet")
     param_cols = [c for c in runs.columns if c.startswith("params.")]
-    varying = [c for c in param_cols if runs[c].nunique(dropna=False) > 1 and not c.endswith(("name", "description"))]
-    keep = ["params.model.backbone", "params.recipe"] + [c for c in varying if c not in ("params.model.backbone", "params.recipe")]
-    table = pd.DataFrame({"trial": runs.get("tags.vreid.trial_id", runs["tags.mlflow.runName"]).fillna(runs["tags.mlflow.runName"])})
+    # the swept keys first (logged as `grid.<key>` params), then the backbone / recipe, then any other
+    # setting that differs between trials
+    swept = [c for c in param_cols if c.startswith("params.grid.")]
+    swept_parts = {part for c in swept for part in c.removeprefix("params.grid.").split(" and ")}
+    varying = [c for c in param_cols if c not in swept and runs[c].nunique(dropna=False) > 1
+               and not c.endswith(("name", "description")) and c.removeprefix("params.") not in swept_parts]
+    keep = swept + ["params.model.backbone", "params.recipe"] + [c for c in varying if c not in ("params.model.backbone", "params.recipe")]
+    table = pd.DataFrame({"run": runs["tags.mlflow.runName"]})
+    if "tags.vreid.trial_id" in runs.columns:
+        table["trial"] = runs["tags.vreid.trial_id"].fillna("")
     for c in keep:
         if c in runs.columns:
-            table[c.removeprefix("params.")] = runs[c]
+            table[c.removeprefix("params.").removeprefix("grid.")] = runs[c]
     for m in COMPARE_METRICS + EFFICIENCY_METRICS:
         col = f"metrics.{m}"
         table[m.removeprefix("eff_")] = runs[col] if col in runs.columns else float("nan")
@@ -180,3 +212,186 @@ def compare_table(experiment: str, tracking_uri: str):
     table["status"] = runs["status"]
     table["run_id"] = runs["run_id"]
     return table.sort_values("val_mAP", ascending=False, na_position="last").reset_index(drop=True)
+
+
+# -- MLflow's own fields: source, git, user, description, dataset inputs ------------------------------
+def git_info() -> dict[str, str]:
+    """Commit, branch and remote of the checkout vreid runs from (``$VREID_GIT_COMMIT`` wins: a Ray job's
+    working-dir copy has no ``.git``)."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    info = {"commit": os.environ.get("VREID_GIT_COMMIT") or git("rev-parse", "HEAD")}
+    if not os.environ.get("VREID_GIT_COMMIT"):
+        info["branch"] = git("rev-parse", "--abbrev-ref", "HEAD")
+        info["repo_url"] = git("remote", "get-url", "origin")
+    return {k: v for k, v in info.items() if v}
+
+
+def source_tags(source_name: str, description: str = "") -> dict[str, str]:
+    """MLflow's standard run fields (what its UI shows as Source, Git commit, User, Description)."""
+    import getpass
+
+    tags = {
+        "mlflow.source.name": source_name,
+        "mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else "LOCAL",
+    }
+    git = git_info()
+    if "commit" in git:
+        tags["mlflow.source.git.commit"] = git["commit"]
+    if "branch" in git:
+        tags["mlflow.source.git.branch"] = git["branch"]
+    if "repo_url" in git:
+        tags["mlflow.source.git.repoURL"] = git["repo_url"]
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    if description:
+        tags["mlflow.note.content"] = description
+    return tags
+
+
+def driver_source() -> str:
+    """What started this process, for ``mlflow.source.name`` (``vreid grid space.yaml`` or the job's script)."""
+    import sys
+
+    argv = list(sys.argv)
+    if not argv or not argv[0]:
+        return "python"
+    path = Path(argv[0])
+    if path.name == "vreid" or (path.name in ("__main__.py", "cli.py") and path.parent.name == "vreid"):
+        return " ".join(["vreid", *argv[1:]])
+    return " ".join([argv[0], *argv[1:]])
+
+
+def log_manifest_inputs(client, run_id: str, manifests: dict[str, Optional[str]]) -> None:
+    """``mlflow.log_input`` of each manifest (parquet): name, source path, schema, row count and the same
+    content digest as :func:`file_hash`; context ``training`` / ``validation`` / ``test`` from its name."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+
+    from vreid.data.schema import read_manifest
+
+    inputs = []
+    for name, path in manifests.items():
+        if not path or not Path(path).is_file():
+            continue
+        df = read_manifest(path)
+        ds = mlflow.data.from_pandas(df, source=str(Path(path).resolve()), name=name, digest=file_hash(path))
+        context = "training" if "train" in name else "validation" if name.startswith("val") else "test"
+        inputs.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
+# -- the exported model in MLflow ---------------------------------------------------------------------
+import torch  # noqa: E402  (the model wrapper below is a torch module)
+
+
+class FeatureExtractor(torch.nn.Module):
+    """What a trial hands on through MLflow: images [B, 3, H, W] (RGB, ImageNet-normalised floats) ->
+    re-id features [B, D] (the head's ``feat``, the feature every vreid evaluation uses).
+    ``mlflow.pytorch.load_model(uri)`` returns this module; ``.reid`` is the underlying ReidModel."""
+
+    def __init__(self, reid: torch.nn.Module, image_size: tuple[int, int]):
+        super().__init__()
+        self.reid = reid
+        self.image_size = tuple(int(v) for v in image_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.reid.extract(images)
+
+
+def log_reid_model(run_id: str, tracking_uri: str, checkpoint: str, run_config: dict[str, Any],
+                   name: str = "model") -> str:
+    """Log a checkpoint's exported model to ``run_id`` with ``mlflow.pytorch.log_model``: a
+    :class:`FeatureExtractor` with its tensor signature, the vreid package as code (so loading needs only
+    torch and timm), and ``run_config.yaml`` + ``model_config.json`` as extra files. Returns the model URI
+    (``models:/<model id>``)."""
+    import tempfile
+
+    import mlflow
+    import mlflow.pytorch
+    import numpy as np
+    import timm
+    import yaml
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    from vreid.train.checkpoint import MODEL_CONFIG_FILE, load_model_for_inference
+
+    from vreid.distributed.storage import local_checkpoint
+
+    checkpoint = local_checkpoint(checkpoint)
+    model, info = load_model_for_inference(checkpoint)
+    h, w = (int(v) for v in info["image_size"])
+    wrapped = FeatureExtractor(model, (h, w)).eval()
+    with torch.no_grad():
+        dim = int(wrapped(torch.zeros(1, 3, h, w)).shape[1])
+    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, h, w), "images")]),
+                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim), "features")]))
+    configure(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="vreid-mlflow-") as tmp:
+        cfg_file = Path(tmp) / "run_config.yaml"
+        cfg_file.write_text(yaml.safe_dump(run_config, sort_keys=False))
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            logged = mlflow.pytorch.log_model(
+                wrapped, name=name, signature=signature, serialization_format="pickle",
+                extra_files=[str(cfg_file), str(Path(checkpoint) / MODEL_CONFIG_FILE)],
+                code_paths=[str(Path(__file__).resolve().parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"timm=={timm.__version__}", "numpy", "safetensors"],
+                metadata={"feature_dim": dim, "image_size": [h, w], "checkpoint": str(checkpoint),
+                          "backbone": info.get("backbone_name"), "recipe": info.get("recipe")},
+            )
+            mlflow.log_artifact(str(cfg_file), artifact_path="config")
+    return logged.model_uri
+
+
+def register_selected(tracking_uri: str, registry_name: str, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Register each selected trial's logged model as a version of ``registry_name`` in the Model Registry,
+    with aliases ``rank1``, ``rank2``, ... and ``champion`` (the best). Returns ``[{"rank", "version",
+    "model_uri"}]`` for the items that had a logged model."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    configure(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    out = []
+    for rank, item in enumerate(selected, 1):
+        uri = item.get("model_uri")
+        if not uri:
+            continue
+        mv = mlflow.register_model(uri, registry_name, tags={"vreid.trial": str(item.get("run_name") or item.get("trial_id")),
+                                                             "vreid.rank": str(rank)})
+        client.set_registered_model_alias(registry_name, f"rank{rank}", mv.version)
+        if rank == 1:
+            client.set_registered_model_alias(registry_name, "champion", mv.version)
+        out.append({"rank": rank, "version": str(mv.version), "model_uri": uri})
+    return out
+
+
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+GRID_VIEW_KEY = "vreid-trials"
+
+
+def save_trials_view(client, experiment_id: str, swept: list[str], metric: str = "val_mAP") -> str:
+    """A shared view of the experiment's runs table (MLflow's own "share view" state, an experiment tag
+    ``mlflow.sharedViewState.<key>``): the trial runs only, best ``metric`` first, with the swept keys'
+    ``grid.*`` params, then the validation metrics, models and datasets as columns. Returns the UI path
+    ``#/experiments/<id>/runs?viewStateShareKey=<key>`` that opens it."""
+    import json
+
+    columns = [f"params.`grid.{k.replace('+', ' and ')}`" for k in swept]
+    columns += [f"metrics.`{m}`" for m in (metric, *[c for c in COMPARE_METRICS if c != metric])]
+    columns += ["metrics.`eff_params_m`", "attributes.`Models`", "attributes.`Dataset`", "attributes.`Source`"]
+    state = {"searchFilter": "tags.`vreid.role` = 'trial'", "orderByKey": f"metrics.`{metric}`", "orderByAsc": False,
+             "selectedColumns": columns}
+    client.set_experiment_tag(experiment_id, SHARED_VIEW_PREFIX + GRID_VIEW_KEY, json.dumps(state))
+    return f"#/experiments/{experiment_id}/runs?viewStateShareKey={GRID_VIEW_KEY}"

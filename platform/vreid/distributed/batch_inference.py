@@ -17,6 +17,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+PROGRESS_KEY = "ensemble-rows"
+
 
 def _size_key(prefix: str, size: Sequence[int]) -> str:
     return f"{prefix}_{int(size[0])}x{int(size[1])}"
@@ -81,6 +83,9 @@ class EnsembleFeatureActor:
         self.scales = tuple(scales)
         self.flip = flip
         self.crop_average = crop_average
+        from vreid.progress import RowProgress
+
+        self.progress = RowProgress(PROGRESS_KEY)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from vreid.ensemble.views import multiview_features
@@ -101,6 +106,7 @@ class EnsembleFeatureActor:
                     px = np.asarray(batch[_size_key("crop", size)])[idx]
                     fc[idx] = multiview_features(model, normalise(px).to(self.device), self.scales, self.flip)
                 out[f"crop_{i}"] = fc.cpu().numpy().astype(np.float32)
+        self.progress.add(len(out["row"]))
         return out
 
 
@@ -158,7 +164,11 @@ def extract_ensemble_features(
         num_cpus=cpus_per_actor if not use_gpu else None,
         num_gpus=1 if use_gpu else None,
     )
-    ds.write_parquet(str(out_dir))
+    from vreid.progress import progress_board
+
+    with progress_board() as board:  # rows done / total, printed by this driver (and so in `ray job logs`)
+        board.watch_rows(PROGRESS_KEY, len(paths), "ensemble: extracted")
+        ds.write_parquet(str(out_dir))
     result = pq.read_table(str(out_dir)).to_pandas()
     result = result.sort_values("row")
     if len(result) != len(paths) or not np.array_equal(result["row"].to_numpy(), np.arange(len(paths))):

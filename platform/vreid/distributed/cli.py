@@ -12,6 +12,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted grid; finished trials are kept")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of the local Ray cluster")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: output.mlflow_tracking_uri, "
+                   "$MLFLOW_TRACKING_URI, or sqlite:///<output.root>/mlflow.db)")
+    p.add_argument("--shared-storage", metavar="MOUNT", help="a mount every node sees (NFS, EFS): a local "
+                   "storage_path or SQLite store under it is accepted on a multi-node cluster (default $VREID_SHARED_STORAGE)")
     p.add_argument("--verbose", action="store_true", help="stream the Ray workers' logs (default: one line per epoch)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept manifest rows whose image path lies outside the dataset root(s) it was built from")
@@ -40,8 +44,10 @@ def _grid(args: argparse.Namespace) -> int:
     read_text_file(args.space, "grid config", ConfigError)
     cfg = load_config(args.space, args.overrides)
     check_grid_config(cfg, args.space, args.allow_outside_root)  # every grid point, before Ray starts
+    if args.tracking_uri:
+        cfg.output.mlflow_tracking_uri = args.tracking_uri
     init_ray(num_cpus=args.num_cpus, log_to_driver=args.verbose)
-    selection = run_grid(cfg, name=args.name, resume=args.resume, num_cpus=args.num_cpus)
+    selection = run_grid(cfg, name=args.name, resume=args.resume, num_cpus=args.num_cpus, shared=args.shared_storage)
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "
           f"({len(selection['failed'])} failed) -> {selection['path']}")
     for item in selection["failed"]:
@@ -53,7 +59,8 @@ def _compare(args: argparse.Namespace) -> int:
     from vreid import tracking
     from vreid.io import atomic_write_text
 
-    uri = args.tracking_uri or tracking.default_tracking_uri(args.root)
+    uri = args.tracking_uri or tracking.default_tracking_uri(args.root, create=False)
+    tracking.require_existing_store(uri)
     table = tracking.compare_table(args.name, uri)
     with __import__("pandas").option_context("display.width", 200, "display.max_columns", 50):
         print(table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))

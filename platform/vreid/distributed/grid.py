@@ -51,25 +51,29 @@ def grid_trial(config: dict[str, Any]) -> None:
     storage = storage_path_for(cfg)
     uri = config["tracking_uri"]
 
-    run_file = Path(storage) / grid_name / "trials" / f"{trial_id}.json"
-    run_file.parent.mkdir(parents=True, exist_ok=True)
-    if run_file.is_file():
-        run_id = json.loads(run_file.read_text())["run_id"]
-    else:
-        tags = {"vreid.trial_id": trial_id, "vreid.grid": grid_name}
-        tags.update({f"grid.{k.replace('+', ' and ')}": str(v) for k, v in (config.get("grid") or {}).items()})
-        run_id = start_mlflow_run(cfg, grid_name, f"{trial_id}", uri, parent_run_id=config.get("parent_run_id"), tags=tags)
-        run_file.write_text(json.dumps({"run_id": run_id}))
-
-    def callbacks(stage: str, offset: int) -> list:
-        return [TuneReportCallback(), tracking.MLflowEpochLogger(uri, run_id, stage, offset, label=trial_id)]
-
+    point = dict(config.get("grid") or {})
+    name = run_name(point) or trial_id
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
+    # a retried or resumed trial (same trial id) continues its own MLflow run, wherever it runs now
+    run_id = find_trial_run(client, uri, grid_name, trial_id)
+    if run_id is None:
+        tags = {"vreid.trial_id": trial_id, "vreid.grid": grid_name, "vreid.role": "trial",
+                **tracking.source_tags(config.get("source") or "vreid grid",
+                                       f"Grid **{grid_name}**, trial `{trial_id}`: {_point_text(point)}. {cfg.description}".strip())}
+        tags.update({f"grid.{k.replace('+', ' and ')}": str(v) for k, v in point.items()})
+        run_id = start_mlflow_run(cfg, grid_name, name, uri, parent_run_id=config.get("parent_run_id"), tags=tags)
+        # the swept values also as `grid.<key>` params, so the runs table and compare view can show them first
+        tracking.log_params(client, run_id, {f"grid.{k}": v for k, v in point.items()})
+        tracking.log_manifest_inputs(client, run_id, manifest_paths(cfg))
+
+    def callbacks(stage: str, offset: int) -> list:
+        return [TuneReportCallback(), tracking.MLflowEpochLogger(uri, run_id, stage, offset, label=name)]
+
+    extra = {"progress_label": name, **(config.get("extra_config") or {})}
     try:
-        results = run_recipe(cfg, cfg.name, storage, callbacks, extra_config=config.get("extra_config"),
-                             log=lambda s: print(s, flush=True))
+        results = run_recipe(cfg, cfg.name, storage, callbacks, extra_config=extra, log=lambda s: print(s, flush=True))
     except Exception as exc:
         client.set_tag(run_id, "vreid.error", f"{type(exc).__name__}: {exc}"[:5000])
         client.set_terminated(run_id, status="FAILED")
@@ -84,12 +88,42 @@ def grid_trial(config: dict[str, Any]) -> None:
     client.log_batch(run_id, metrics=[_metric(f"eff_{k}", v) for k, v in eff.items() if isinstance(v, (int, float))])
     for key, value in efficiency_context("cpu").items():
         client.set_tag(run_id, f"eff.{key}", value)
+    # the hand-on: the exported model as an MLflow model (mlflow.pytorch.load_model gives it back)
+    model_uri = client.get_run(run_id).data.tags.get("vreid.model_uri")
+    if not model_uri:  # a restored trial that already logged its model does not log it twice
+        model_uri = tracking.log_reid_model(run_id, uri, _local_path(final["checkpoint"]), run)
+        client.set_tag(run_id, "vreid.model_uri", model_uri)
     client.set_terminated(run_id)
     # The final row: also covers a restored trial whose stages had all finished (nothing else reported).
     # only the metrics the stage measured (no stand-in values): select_best checks grid.metric against them
     measured = {k: v for k, v in final["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     ray.tune.report({**measured, "checkpoint_path": final["checkpoint"],
-                 "stage": cfg.stages[-1], "final": 1, "mlflow_run_id": run_id, "trial_id": trial_id})
+                 "stage": cfg.stages[-1], "final": 1, "mlflow_run_id": run_id, "trial_id": trial_id,
+                 "model_uri": model_uri, "run_name": name})
+
+
+def find_trial_run(client, uri: str, grid_name: str, trial_id: str) -> Optional[str]:
+    """The MLflow run of ``trial_id`` in grid ``grid_name``, if one was started (the store is the
+    trials' bookkeeping: it is shared by every node, unlike a node's disk)."""
+    from vreid import tracking
+
+    exp_id = tracking.get_or_create_experiment(grid_name, uri)
+    runs = client.search_runs([exp_id], f"tags.`vreid.trial_id` = '{trial_id}' and tags.`vreid.grid` = '{grid_name}'",
+                              max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def manifest_paths(cfg: RunConfig) -> dict[str, Optional[str]]:
+    return {"stage1_train": cfg.data.stage1_train, "stage2_train": cfg.data.stage2_train,
+            "val_query": cfg.data.val_query, "val_gallery": cfg.data.val_gallery}
+
+
+def _point_text(point: dict[str, Any]) -> str:
+    return ", ".join(f"{k.replace('+', ' = ')} = {v}" for k, v in point.items()) or "the base config"
+
+
+def _local_path(path: str) -> str:
+    return path[len("file://"):] if path.startswith("file://") else path
 
 
 def efficiency_context(device: str) -> dict[str, str]:
@@ -107,43 +141,124 @@ def efficiency_context(device: str) -> dict[str, str]:
 
 
 def _failed_run(grid_name: str, trial_id: str, config: dict[str, Any], exc: Exception) -> None:
+    """A FAILED run for a grid point whose config is invalid; once per trial (Tune retries it)."""
     from mlflow import MlflowClient
 
     from vreid import tracking
 
     uri = config["tracking_uri"]
-    exp_id = tracking.get_or_create_experiment(grid_name, uri)
     client = MlflowClient(uri)
-    tags = {"vreid.trial_id": trial_id, "vreid.grid": grid_name, "vreid.error": f"{type(exc).__name__}: {exc}"[:5000]}
+    point = dict(config.get("grid") or {})
+    if find_trial_run(client, uri, grid_name, trial_id) is not None:
+        return
+    exp_id = tracking.get_or_create_experiment(grid_name, uri)
+    tags = {"vreid.trial_id": trial_id, "vreid.grid": grid_name, "vreid.role": "trial",
+            "vreid.error": f"{type(exc).__name__}: {exc}"[:5000],
+            **tracking.source_tags(config.get("source") or "vreid grid", f"Grid **{grid_name}**: {_point_text(point)} cannot train: {exc}")}
     if config.get("parent_run_id"):
         tags["mlflow.parentRunId"] = config["parent_run_id"]
-    run = client.create_run(exp_id, run_name=trial_id, tags=tags)
+    run = client.create_run(exp_id, run_name=run_name(point) or trial_id, tags=tags)
     try:
-        tracking.log_params(client, run.info.run_id, dict(config.get("grid") or {}))
+        tracking.log_params(client, run.info.run_id, {f"grid.{k}": v for k, v in point.items()})
     finally:
         client.set_terminated(run.info.run_id, status="FAILED")
 
 
-def progress_callback():
+def grid_size(params: dict[str, list[Any]]) -> int:
+    """Number of trials of a full grid over ``params`` (the product of the value counts)."""
+    n = 1
+    for values in params.values():
+        n *= len(values)
+    return n
+
+
+SHORT_KEYS = {"batch_size": "bs", "lr": "lr", "weight_decay": "wd", "epochs": "ep", "backbone_lr_mult": "blr",
+              "label_smoothing": "ls", "num_instances": "k"}
+
+
+def run_name(point: dict[str, Any]) -> str:
+    """A trial's MLflow run name from its swept values: ``{"stage1.batch_size+stage2.batch_size": 32,
+    "stage1.lr+stage2.lr": 0.03}`` -> ``bs32-lr0.03``. A joined key is named by its first setting; a
+    string value stands alone (``model.backbone: resnet50`` -> ``resnet50``); two keys with the same
+    last part keep their full dotted name."""
+    lasts = [key.split("+")[0].split(".")[-1] for key in point]
+    parts = []
+    for (key, value), last in zip(point.items(), lasts):
+        first = key.split("+")[0]
+        short = SHORT_KEYS.get(last, last) if lasts.count(last) == 1 else first
+        if isinstance(value, str):
+            parts.append(value if lasts.count(last) == 1 else f"{short}{value}")
+        else:
+            parts.append(f"{short}{_fmt(value)}")
+    return "-".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.10f}".rstrip("0").rstrip(".") if abs(value) >= 1e-4 else f"{value:g}"
+    return str(value).replace(" ", "")
+
+
+def progress_callback(total: int, stall_s: Optional[float] = None, clock=time.monotonic):
     """A Tune callback in the driver: one line per reported epoch and per finished or failed trial
-    (so a grid run with ``log_to_driver=False`` still shows its progress, without Ray's log noise)."""
+    (so a grid run with ``log_to_driver=False`` still shows its progress, without Ray's log noise), and
+    a warning when a running trial has reported nothing for ``stall_s`` seconds (default
+    ``$VREID_STALL_S`` or 600: e.g. its Train worker waits for a CPU another trial holds).
+
+    ``total`` is the grid's size: Tune creates trials lazily (``max_concurrent_trials``), so the trials
+    it passes are only those created so far.
+    """
+    import os
+
     from ray.tune import Callback
 
+    from vreid.progress import format_duration
+
+    stall_s = float(stall_s if stall_s is not None else os.environ.get("VREID_STALL_S", 600))
+
+    def label(trial) -> str:
+        point = (getattr(trial, "config", None) or {}).get("grid") or {}
+        return f"{run_name(point)} ({trial.trial_id})" if point else str(trial.trial_id)
+
+    def finished(trials, trial) -> int:
+        # called before this trial's own status is updated
+        return 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+
     class _Progress(Callback):
+        def __init__(self):
+            super().__init__()
+            self.last: dict[str, float] = {}
+            self.warned: set[str] = set()
+
+        def on_step_end(self, iteration, trials, **info):
+            now = clock()
+            pending = sum(t.status == "PENDING" for t in trials)
+            for t in trials:
+                if t.status != "RUNNING":
+                    self.last.pop(t.trial_id, None)
+                    continue
+                since = now - self.last.setdefault(t.trial_id, now)
+                if since >= stall_s and t.trial_id not in self.warned:
+                    self.warned.add(t.trial_id)
+                    print(f"[vreid] trial {label(t)}: no report for {format_duration(since)} while RUNNING "
+                          f"({pending} trial(s) PENDING); its workers may be waiting for resources: see `ray status`",
+                          flush=True)
+
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.last[trial.trial_id] = clock()
+            self.warned.discard(trial.trial_id)
             if result.get("final"):
                 return
-            print(f"[vreid] trial {trial.trial_id} {result.get('stage', '?')} epoch {result.get('epoch', '?')}: "
+            print(f"[vreid] trial {label(trial)} {result.get('stage', '?')} epoch {result.get('epoch', '?')}: "
                   f"loss {result.get('loss', float('nan')):.4f}  val mAP {result.get('val_mAP', -1):.4f}  "
                   f"rank1 {result.get('val_rank1', -1):.4f}  ({result.get('images_per_s', 0):.0f} img/s)", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            # called before this trial's own status is updated
-            done = 1 + sum(t.status == "TERMINATED" for t in trials if t is not trial)
-            print(f"[vreid] trial {trial.trial_id} finished ({done}/{len(trials)} done)", flush=True)
+            print(f"[vreid] trial {label(trial)} finished ({finished(trials, trial)}/{total} done)", flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[vreid] trial {trial.trial_id} FAILED: {str(trial.error_file or '')}", flush=True)
+            print(f"[vreid] trial {label(trial)} FAILED ({finished(trials, trial)}/{total} done): "
+                  f"{str(trial.error_file or '')}", flush=True)
 
     return _Progress()
 
@@ -155,31 +270,35 @@ def _metric(key: str, value: float):
 
 
 def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, num_cpus: Optional[float] = None,
-             extra_config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Run the grid of ``cfg.grid`` (Tune grid search over dotted keys), select the best k, track it."""
+             extra_config: Optional[dict[str, Any]] = None, shared: Optional[str] = None) -> dict[str, Any]:
+    """Run the grid of ``cfg.grid`` (Tune grid search over dotted keys), select the best k, track it.
+
+    ``shared``: a mount every node of a multi-node cluster sees (else ``$VREID_SHARED_STORAGE``); a local
+    ``storage_path`` or SQLite store outside it is refused there (:mod:`vreid.distributed.storage`)."""
     import ray.tune as tune
     from mlflow import MlflowClient
 
     from vreid import tracking
     from vreid.distributed.ray_train import init_ray, storage_path_for
-    from vreid.distributed.run import start_mlflow_run
-
     if cfg.grid is None or not cfg.grid.params:
         raise VreidError("this config has no 'grid.params' section to sweep")
     name = name or cfg.name
     grid = cfg.grid
     init_ray(num_cpus=num_cpus)
+    from vreid.distributed import storage as st
+
     storage = storage_path_for(cfg)
-    exp_dir = Path(storage) / name
+    exp_dir = st.join(storage, name)
     uri = cfg.output.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.output.root)
+    st.check_cluster_storage(storage, uri, shared)
     tracking.get_or_create_experiment(name, uri, artifact_root=Path(cfg.output.root) / "mlartifacts")
-    parent_file = exp_dir / "mlflow_parent.json"
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    if parent_file.is_file():
-        parent_run_id = json.loads(parent_file.read_text())["run_id"]
+    parent_file = st.join(exp_dir, "mlflow_parent.json")
+    parent_text = st.read_text(parent_file)
+    if parent_text:
+        parent_run_id = json.loads(parent_text)["run_id"]
     else:
-        parent_run_id = start_mlflow_run(cfg, name, f"{name} (grid)", uri, tags={"vreid.grid": name, "vreid.role": "grid"})
-        parent_file.write_text(json.dumps({"run_id": parent_run_id}))
+        parent_run_id = start_grid_run(cfg, name, uri)
+        st.write_text(parent_file, json.dumps({"run_id": parent_run_id}))
 
     base = cfg.to_dict()
     base["grid"] = None
@@ -189,38 +308,131 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
         "grid_name": name,
         "tracking_uri": uri,
         "parent_run_id": parent_run_id,
+        "storage": storage,
+        "source": tracking.driver_source(),
         "extra_config": extra_config or {},
     }
     resources = {"cpu": grid.trial_cpus}
     if grid.trial_gpus:
         resources["gpu"] = grid.trial_gpus
     trainable = tune.with_resources(grid_trial, resources)
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
+    total = grid_size(grid.params)
+    if resume and tune.Tuner.can_restore(exp_dir):
         print(f"[vreid] resuming grid {name} from {exp_dir}", flush=True)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False,
+        tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    param_space=param_space)
     else:
-        if tune.Tuner.can_restore(str(exp_dir)) and not resume:
+        if tune.Tuner.can_restore(exp_dir) and not resume:
             raise VreidError(f"grid '{name}' already exists at {exp_dir}: pass --resume to continue it, or a new --name")
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(max_concurrent_trials=grid.max_concurrent_trials or None),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[progress_callback()],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[progress_callback(total)],
+                                      # a trial whose driver dies (its node is lost) is retried; its Train runs
+                                      # resume from their last checkpoints on shared storage
+                                      failure_config=tune.FailureConfig(max_failures=cfg.scaling.max_failures)),
         )
-    result_grid = tuner.fit()
+    from vreid.progress import progress_board
+
+    print(f"[vreid] grid {name}: {total} trials, MLflow {uri}, Ray storage {storage}", flush=True)
+    with progress_board():  # the workers' step progress, printed here (and so in `ray job logs`)
+        result_grid = tuner.fit()
     selection = selection_from_results(result_grid, name, grid.top_k, grid.metric, grid.mode, uri)
-    atomic_write_text(exp_dir / SELECTION_FILE, json.dumps(selection, indent=2, sort_keys=True))
     client = MlflowClient(uri)
+    for item in selection["finished"] + selection["failed"]:
+        if item.get("mlflow_run_id"):
+            run = client.get_run(item["mlflow_run_id"])
+            item["run_name"] = run.info.run_name
+            item["model_uri"] = run.data.tags.get("vreid.model_uri")
+    selection["parent_run_id"] = parent_run_id
+    selection["registered_model"] = registry_name(name)
+    versions = tracking.register_selected(uri, registry_name(name), selection["selected"])
+    for v in versions:
+        selection["selected"][v["rank"] - 1]["model_version"] = v["version"]
+    selection_path = st.join(exp_dir, SELECTION_FILE)
+    st.write_text(selection_path, json.dumps(selection, indent=2, sort_keys=True))
     for rank, item in enumerate(selection["selected"], 1):
         if item.get("mlflow_run_id"):
             client.set_tag(item["mlflow_run_id"], "vreid.selected", "true")
             client.set_tag(item["mlflow_run_id"], "vreid.selected_rank", str(rank))
-    client.set_tag(parent_run_id, "vreid.selection", str(exp_dir / SELECTION_FILE))
-    client.set_terminated(parent_run_id)
-    selection["path"] = str(exp_dir / SELECTION_FILE)
+    finish_grid_run(client, parent_run_id, name, uri, selection, selection_path)
+    selection["path"] = selection_path
     return selection
+
+
+def registry_name(grid_name: str) -> str:
+    """The Model Registry entry of a grid's selected models."""
+    return f"vreid-{grid_name}"
+
+
+def start_grid_run(cfg: RunConfig, name: str, uri: str) -> str:
+    """The grid's parent run: the base config as params *without* the swept keys (no trial ran their base
+    values), the swept values as ``grid.<key>`` params (the lists), the manifests as dataset inputs."""
+    from mlflow import MlflowClient
+
+    from vreid import tracking
+
+    exp_id = tracking.get_or_create_experiment(name, uri, artifact_root=Path(cfg.output.root) / "mlartifacts")
+    client = MlflowClient(uri)
+    swept = {part for key in cfg.grid.params for part in key.split("+")}
+    points = ", ".join(f"{k.replace('+', ' = ')} in {list(v)}" for k, v in cfg.grid.params.items())
+    description = (f"Grid **{name}** ({cfg.recipe}, {cfg.model.backbone}): {grid_size(cfg.grid.params)} trials over "
+                   f"{points}; the best {cfg.grid.top_k} by {cfg.grid.metric} are selected. {cfg.description}").strip()
+    tags = {"vreid.grid": name, "vreid.role": "grid", "vreid.recipe": cfg.recipe, "vreid.backbone": cfg.model.backbone,
+            **tracking.source_tags(tracking.driver_source(), description)}
+    view = tracking.save_trials_view(client, exp_id, list(cfg.grid.params), cfg.grid.metric)
+    tags["mlflow.note.content"] += f"\n\nThe trials side by side (MLflow UI): `{view}`."
+    run = client.create_run(exp_id, run_name=f"{name} (grid)", tags=tags)
+    params = {k: v for k, v in cfg.flat().items() if not k.startswith("grid") and k not in swept}
+    params.update({f"grid.{k}": list(v) for k, v in cfg.grid.params.items()})
+    params.update({"grid.top_k": cfg.grid.top_k, "grid.metric": cfg.grid.metric, "grid.trials": grid_size(cfg.grid.params)})
+    tracking.log_params(client, run.info.run_id, params)
+    tracking.log_manifest_inputs(client, run.info.run_id, manifest_paths(cfg))
+    return run.info.run_id
+
+
+def finish_grid_run(client, parent_run_id: str, name: str, uri: str, selection: dict[str, Any], selection_path: str) -> None:
+    """The grid's summary on its parent run: best metrics, counts, the selection table (markdown + CSV)
+    and selection.json as artifacts, the table as the run's description."""
+    import tempfile
+
+    from vreid import tracking
+
+    metric = selection["metric"]
+    best = selection["selected"][0] if selection["selected"] else None
+    metrics = [_metric("trials_finished", len(selection["finished"])), _metric("trials_failed", len(selection["failed"]))]
+    if best:
+        metrics += [_metric(f"best_{k}", v) for k, v in best["metrics"].items() if isinstance(v, (int, float))]
+        client.set_tag(parent_run_id, "vreid.best_run", best.get("run_name") or best["trial_id"])
+    client.log_batch(parent_run_id, metrics=metrics)
+    rows = []
+    chosen = {item.get("mlflow_run_id"): rank for rank, item in enumerate(selection["selected"], 1)}
+    for item in selection["finished"] + selection["failed"]:
+        row = {"run": item.get("run_name") or item["trial_id"], "trial": item["trial_id"],
+               **{k: v for k, v in (item.get("config") or {}).items()},
+               **{k: item["metrics"].get(k) for k in METRIC_KEYS},
+               "selected": chosen.get(item.get("mlflow_run_id"), ""),
+               "status": "FAILED" if item.get("error") else "FINISHED"}
+        rows.append(row)
+    import pandas as pd
+
+    table = pd.DataFrame(rows)
+    with tempfile.TemporaryDirectory(prefix="vreid-grid-") as tmp:
+        md = table.to_markdown(index=False, floatfmt=".4f")
+        (Path(tmp) / "selection_table.md").write_text(md + "\n")
+        table.to_csv(Path(tmp) / "selection_table.csv", index=False)
+        for f in ("selection_table.md", "selection_table.csv"):
+            client.log_artifact(parent_run_id, str(Path(tmp) / f), artifact_path="selection")
+        sel_file = Path(tmp) / SELECTION_FILE
+        sel_file.write_text(json.dumps(selection, indent=2, sort_keys=True))
+        client.log_artifact(parent_run_id, str(sel_file), artifact_path="selection")
+    note = client.get_run(parent_run_id).data.tags.get("mlflow.note.content", "")
+    best_line = f"\n\nBest: **{best.get('run_name') or best['trial_id']}**, {metric} {best['metrics'].get(metric):.4f}." if best else ""
+    client.set_tag(parent_run_id, "mlflow.note.content", f"{note}{best_line}\n\n{md}")
+    client.set_tag(parent_run_id, "vreid.selection", str(selection_path))
+    client.set_tag(parent_run_id, "vreid.registered_model", selection.get("registered_model", ""))
+    client.set_terminated(parent_run_id)
 
 
 def trial_rows(result_grid) -> list[dict[str, Any]]:
@@ -294,13 +506,24 @@ def _as_uri(path: Optional[str]) -> Optional[str]:
 
 
 def load_selection(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        path = path / SELECTION_FILE
-    if not path.is_file():
-        raise VreidError(f"selection file not found: {path}")
+    """A grid's ``selection.json`` (or the grid's experiment folder holding it): ``selected`` (best first,
+    each with ``checkpoint_uri``, ``mlflow_run_id``, ``run_name``, ``model_uri``, metrics), ``finished``,
+    ``failed``, the MLflow ``tracking_uri``, ``parent_run_id`` and ``registered_model``."""
+    from vreid.distributed import storage as st
+
+    if st.is_remote(str(path)):
+        text = st.read_text(str(path)) if str(path).split("?")[0].endswith(".json") else st.read_text(st.join(str(path), SELECTION_FILE))
+        if text is None:
+            raise VreidError(f"selection file not found: {path}")
+    else:
+        path = Path(path)
+        if path.is_dir():
+            path = path / SELECTION_FILE
+        if not path.is_file():
+            raise VreidError(f"selection file not found: {path}")
+        text = path.read_text()
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise VreidError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict) or "selected" not in data:

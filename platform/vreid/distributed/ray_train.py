@@ -84,7 +84,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"[vreid] {stage_name}: resumed after epoch {start_epoch} from {ckpt.path}", flush=True)
     if world > 1:
         stage.recipe.train_model = ray.train.torch.prepare_model(stage.recipe.model, move_to_device=False)
-    callbacks = [RayReport(), *(config.get("callbacks") or [])]
+    from vreid.progress import DEFAULT_EVERY_STEPS, StepProgressCallback
+
+    # a progress line every N optimiser steps (images/s, epoch ETA), printed by the driver's board
+    progress = StepProgressCallback(config.get("progress_label") or cfg.name, stage_name, stage.epochs, len(stage.loader),
+                                    world, rank, every=int(config.get("progress_every_steps", DEFAULT_EVERY_STEPS)))
+    callbacks = [RayReport(), progress, *(config.get("callbacks") or [])]
     engine.fit(stage, start_epoch=start_epoch, callbacks=callbacks, rank=rank, world=world)
 
 
@@ -144,12 +149,10 @@ def storage_path_for(cfg: RunConfig) -> str:
 
 
 def stage_marker(storage_path: str, run_name: str) -> Optional[dict[str, Any]]:
-    if "://" in storage_path:
-        return None
-    path = Path(storage_path) / run_name / STAGE_MARKER
-    if path.is_file():
-        return json.loads(path.read_text())
-    return None
+    from vreid.distributed import storage
+
+    text = storage.read_text(storage.join(storage_path, run_name, STAGE_MARKER))
+    return json.loads(text) if text else None
 
 
 def fit_stage(
@@ -189,9 +192,10 @@ def fit_stage(
         raise result.error
     if result.checkpoint is None:
         raise VreidError(f"{run_name}: training finished without a checkpoint")
-    out = {"checkpoint": result.checkpoint.path, "metrics": _plain(result.metrics)}
-    if "://" not in storage_path:
-        (Path(storage_path) / run_name / STAGE_MARKER).write_text(json.dumps(out, indent=2))
+    from vreid.distributed import storage
+
+    out = {"checkpoint": storage.checkpoint_uri(storage_path, result.checkpoint.path), "metrics": _plain(result.metrics)}
+    storage.write_text(storage.join(storage_path, run_name, STAGE_MARKER), json.dumps(out, indent=2))
     return out
 
 

@@ -51,6 +51,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     check_arguments(args)
     uri = args.tracking_uri
     experiment = args.log_experiment
+    parent = None  # the grid's run, when the ensemble is logged into the grid's own store
     if args.selection:
         from vreid.distributed.grid import load_selection
 
@@ -58,6 +59,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         models = models_from_selection(args.selection, args.top_k)
         uri = uri or sel.get("tracking_uri")
         experiment = experiment or sel.get("grid")
+        if uri == sel.get("tracking_uri") and experiment == sel.get("grid"):
+            parent = sel.get("parent_run_id")
         source = str(Path(args.selection).resolve())
     elif args.experiment:
         uri = uri or tracking.default_tracking_uri(Path(args.out).resolve().parent)
@@ -82,6 +85,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, use_gpu=args.gpu, cpus_per_actor=args.cpus_per_actor,
         experiment=experiment, tracking_uri=uri, source=source,
         camera_checkpoint=str(Path(args.camera_checkpoint).resolve()) if args.camera_checkpoint else None,
+        parent_run_id=parent,
     )
     result = run_ensemble(inp)
     print_tables(result["tables"])

@@ -78,9 +78,7 @@ def check_models(refs: Sequence[ModelRef]) -> None:
     """Load every checkpoint once up front: missing files or config mismatches fail before any work."""
     from vreid.train.checkpoint import load_model_for_inference
 
-    for ref in refs:
-        if "://" in ref.checkpoint:
-            raise VreidError(f"checkpoint {ref.checkpoint}: only local or mounted paths can be read by this job")
+    for ref in refs:  # local folders, mounted paths or storage URIs (s3://...: downloaded once per node)
         load_model_for_inference(ref.checkpoint)
 
 
@@ -119,6 +117,7 @@ class EnsembleInputs:
     tracking_uri: Optional[str] = None
     source: str = ""  # where the model list came from (selection path, experiment)
     camera_checkpoint: Optional[str] = None  # camera classifier for camera verification by clusters
+    parent_run_id: Optional[str] = None  # the grid's MLflow run: the ensemble run is nested under it
 
 
 def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
@@ -350,14 +349,20 @@ def _log_mlflow(inp: EnsembleInputs, out: Path, tables: dict[str, Any], metrics:
     client = MlflowClient(uri)
     tags = {
         "mlflow.runName": f"ensemble of {len(inp.models)}",
+        **tracking.source_tags(tracking.driver_source(), f"The ensemble of {len(inp.models)} model(s) from {inp.source}: "
+                               f"flip {inp.flip}, scales {list(inp.scales)}, outputs in {out}."),
         "vreid.role": "ensemble",
         "vreid.ensemble_dir": str(out),
         "vreid.models": ",".join(m.mlflow_run_id or m.checkpoint for m in inp.models),
         "git_commit": tracking.git_commit(),
         "vreid.source": inp.source,
     }
+    if inp.parent_run_id:
+        tags["mlflow.parentRunId"] = inp.parent_run_id
     run = client.create_run(exp_id, tags=tags)
     rid = run.info.run_id
+    tracking.log_manifest_inputs(client, rid, {"test_query": inp.test_query, "test_gallery": inp.test_gallery,
+                                               "val_query": inp.val_query, "val_gallery": inp.val_gallery})
     params = {"n_models": len(inp.models), "scales": list(inp.scales), "flip": inp.flip,
               **{f"chain.{k}": v for k, v in flatten(chain_cfg_dict(chain_cfg)).items()}}
     tracking.log_params(client, rid, params)
