@@ -137,7 +137,7 @@ def validate_track2(path, n_queries: int, n_gallery: int) -> None:
             raise SubmissionError(f"{path}:{no}: expected {k} gallery numbers, found {len(fields)}")
         bad = next((f for f in fields if not _NUMBER.fullmatch(f)), None)
         if bad is not None:  # int() would also take '+16', '4_4', ' 12' and non-ASCII digits
-            raise SubmissionError(f"{path}:{no}: {bad!r} is not a gallery number (expected ASCII digits 0-9 only)")
+            raise SubmissionError(f"{path}:{no}: {bad!r} is not an integer gallery number (ASCII digits 0-9 only)")
         nums = [int(f) for f in fields]
         lo, hi = min(nums), max(nums)
         if lo < 1 or hi > n_gallery:
