@@ -131,6 +131,7 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
         f"  Ray experiment:        {Path(selection['path']).parent}",
         f"  selection.json:        {selection['path']}",
         f"  MLflow database:       {db}",
+        f"  camera model:          {camera_checkpoint}",
         f"  submission:            {ens_dir / 'track2.txt'}",
         f"  comparison table:      {out / 'compare.md'}",
     ]
@@ -159,7 +160,18 @@ def train_camera_model(space: str, manifests: Path, out: Path, overrides: list[s
     cfg.name = f"{cfg.name}_camera"
     if tracking_uri:
         cfg.output.mlflow_tracking_uri = tracking_uri
-    return str(train_run(cfg)["checkpoint"])
+    trained = Path(str(train_run(cfg)["checkpoint"]).removeprefix("file://"))
+    # a stable path for the ensemble's --camera-checkpoint (README's `ray job submit` names it)
+    import shutil
+    import tempfile
+
+    stable = out / "camera_model" / "checkpoint"
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=stable.parent))
+    shutil.copytree(trained, tmp, dirs_exist_ok=True)
+    if stable.exists():
+        shutil.rmtree(stable)
+    tmp.rename(stable)
+    return str(stable)
 
 
 def _rows(path: Path) -> int:
