@@ -77,7 +77,7 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
 
     _step(2, "indexing each dataset into a parquet manifest (statistics as the VehicleNet paper's Table I)")
     for fmt in FORMATS:
-        target = manifests / "index" / f"{fmt}.parquet"
+        target = out / "index" / f"{fmt}.parquet"  # beside, not inside, the VehicleNet set (replaced whole)
         _run(["data", "index", fmt, str(data / fmt), "--out", str(target)])
         print(f"\n--- {fmt}")
         _run(["data", "stats", str(target)])
