@@ -627,3 +627,39 @@ def test_allow_outside_root_opens_the_row(ws, tmp_path, capsys):
     m = manifest_with(ws, tmp_path, "path", "/etc/passwd")
     assert vreid.cli.main(["data", "check", str(m), "--workers", "1", "--allow-outside-root"]) == 1
     assert "/etc/passwd" in capsys.readouterr().err
+
+
+def test_rerunning_a_name_resumes_only_the_same_config(ws, tmp_path):
+    """Same config: the run resumes. Different config: a FAILED run is set aside (new MLflow run, its Ray
+    folders moved), a FINISHED one is refused naming the differing keys. Real MLflow (SQLite), no Ray."""
+    from mlflow import MlflowClient
+
+    from vreid import tracking
+    from vreid.config import load_config
+    from vreid.errors import ConfigError
+    from vreid.train.run import _resumable_run, _run_params, start_mlflow_run
+
+    cfg = load_config(ws["config"], [f"output.root={tmp_path / 'out'}"])
+    cfg.name = "same"
+    uri = tracking.default_tracking_uri(tmp_path / "out")
+    storage = tmp_path / "ray"
+    (storage / "same-stage1").mkdir(parents=True)
+    run_file = storage / "same.mlflow_run.json"
+    run_id = start_mlflow_run(cfg, "same", "same", uri)
+    run_file.write_text(json.dumps({"run_id": run_id, "config": _run_params(cfg)}))
+    client = MlflowClient(uri)
+
+    client.set_terminated(run_id, status="FAILED")
+    assert _resumable_run(cfg, str(storage), run_file, uri) == run_id  # same config: resume the failed run
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    changed = load_config(ws["config"], [f"output.root={tmp_path / 'out'}", "stage1.lr=0.5"])
+    changed.name = "same"
+    client.set_terminated(run_id, status="FINISHED")
+    with pytest.raises(ConfigError, match=r"different config \(stage1\.lr\)"):
+        _resumable_run(changed, str(storage), run_file, uri)
+
+    client.set_terminated(run_id, status="FAILED")
+    assert _resumable_run(changed, str(storage), run_file, uri) is None  # a fresh run will start
+    assert not run_file.exists() and not (storage / "same-stage1").exists()
+    assert len(list(storage.glob("same-stage1.stale-*"))) == 1

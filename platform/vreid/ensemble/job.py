@@ -21,7 +21,7 @@ import numpy as np
 
 from vreid.config import flatten
 from vreid.errors import VreidError
-from vreid.io import atomic_dir, atomic_write_text
+from vreid.io import atomic_write_text
 
 REQUIRED_COLUMNS = ("path", "image_name", "vehicle_id", "camera")
 # what an ensemble output folder holds (anything else there is not ours: the folder is refused, not replaced)
@@ -121,7 +121,25 @@ class EnsembleInputs:
 
 
 def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
-    """Run the whole job; returns paths and tables. Needs Ray (``init_ray`` is called)."""
+    """Run the whole job; returns paths and tables. Needs Ray (``init_ray`` is called).
+
+    Every output is one set: written into a temporary sibling of ``out_dir`` and swapped in whole, so a
+    run killed at any moment leaves the old set or the new one (the next run removes a dead run's
+    temporaries, ``_work/`` included); MLflow logs the set once it is in place.
+    """
+    from vreid.io import atomic_dir
+
+    out = Path(inp.out_dir).resolve()
+    with atomic_dir(out, known=OUTPUT_ENTRIES) as stage:
+        result = _run_ensemble(inp, stage)
+    submission = str(out / "track2.txt") if result["submission"] else None
+    run_id = _log_mlflow(inp, out, result["tables"], result["metrics"], submission, result["chain_cfg"])
+    return {"out_dir": str(out), "submission": submission, "tables": result["tables"], "metrics": result["metrics"],
+            "mlflow_run_id": run_id}
+
+
+def _run_ensemble(inp: EnsembleInputs, stage: Path) -> dict[str, Any]:
+    """The job, writing every output under ``stage`` (the set's temporary folder)."""
     from vreid import tracking
     from vreid.distributed.batch_inference import extract_ensemble_features
     from vreid.distributed.ray_train import init_ray
@@ -130,7 +148,7 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
     from vreid.evaluate.chain import PostProcessConfig, run_chain
 
     t_start = time.time()
-    out = Path(inp.out_dir).resolve()
+    out = stage
     if "://" in inp.out_dir:
         raise VreidError(f"output {inp.out_dir}: write to an absolute path on shared storage (mounted)")
     # ---- check everything before any work
@@ -170,102 +188,96 @@ def run_ensemble(inp: EnsembleInputs) -> dict[str, Any]:
         for pair in (("test_query", "test_gallery"), ("val_query", "val_gallery")):
             if pair[0] in sets and boxed_rows(sets[pair[0]]) + boxed_rows(sets[pair[1]]) == 0:
                 raise VreidError(f"{inp.chain} ({pair[0]}/{pair[1]}): {NO_BOX_MESSAGE}")
-    # every output is one set: written into a temporary sibling folder and swapped in whole (a run killed
-    # at any moment leaves the old set or the new one); the next run removes a dead run's temporaries
-    with atomic_dir(out, known=OUTPUT_ENTRIES) as stage:
 
-        # ---- one Ray Data pass over the union of all images: each decoded once for all models and views
-        init_ray()
-        all_paths: list[str] = []
-        where: dict[str, int] = {}
-        bboxes: list[Any] = []
-        for df in sets.values():
-            for p, bb in zip(df["path"], df["bbox"] if "bbox" in df.columns else [None] * len(df)):
-                if p not in where:
-                    where[p] = len(all_paths)
-                    all_paths.append(p)
-                    bboxes.append(None if bb is None or (hasattr(bb, "__len__") and len(bb) != 4) else list(bb))
-        print(f"[vreid] ensemble: {len(inp.models)} model(s) x {len(inp.scales) * (2 if inp.flip else 1)} view(s) "
-              f"over {len(all_paths)} images", flush=True)
-        t0 = time.time()
-        checkpoints = [m.checkpoint for m in inp.models] + ([inp.camera_checkpoint] if inp.camera_checkpoint else [])
-        per_model, per_model_crops = extract_ensemble_features(
-            all_paths, checkpoints, scales=inp.scales, flip=inp.flip,
-            bboxes=bboxes, crop_average=chain_cfg.crop_average, num_actors=inp.num_actors,
-            batch_size=inp.batch_size, use_gpu=inp.use_gpu, cpus_per_actor=inp.cpus_per_actor,
-            work_dir=str(stage / "_work"),
-        )
-        extract_s = time.time() - t0
-        camera_feats = None
-        if inp.camera_checkpoint:  # the camera model's features are for clustering, not for fusion
-            camera_feats = per_model.pop()
-            if per_model_crops is not None:
-                per_model_crops.pop()
-        fused_all = fuse(per_model)
-        rows_of = {k: np.array([where[p] for p in df["path"]]) for k, df in sets.items()}
+    # ---- one Ray Data pass over the union of all images: each decoded once for all models and views
+    init_ray()
+    all_paths: list[str] = []
+    where: dict[str, int] = {}
+    bboxes: list[Any] = []
+    for df in sets.values():
+        for p, bb in zip(df["path"], df["bbox"] if "bbox" in df.columns else [None] * len(df)):
+            if p not in where:
+                where[p] = len(all_paths)
+                all_paths.append(p)
+                bboxes.append(None if bb is None or (hasattr(bb, "__len__") and len(bb) != 4) else list(bb))
+    print(f"[vreid] ensemble: {len(inp.models)} model(s) x {len(inp.scales) * (2 if inp.flip else 1)} view(s) "
+          f"over {len(all_paths)} images", flush=True)
+    t0 = time.time()
+    checkpoints = [m.checkpoint for m in inp.models] + ([inp.camera_checkpoint] if inp.camera_checkpoint else [])
+    per_model, per_model_crops = extract_ensemble_features(
+        all_paths, checkpoints, scales=inp.scales, flip=inp.flip,
+        bboxes=bboxes, crop_average=chain_cfg.crop_average, num_actors=inp.num_actors,
+        batch_size=inp.batch_size, use_gpu=inp.use_gpu, cpus_per_actor=inp.cpus_per_actor,
+        work_dir=str(out / "_work"),
+    )
+    extract_s = time.time() - t0
+    camera_feats = None
+    if inp.camera_checkpoint:  # the camera model's features are for clustering, not for fusion
+        camera_feats = per_model.pop()
+        if per_model_crops is not None:
+            per_model_crops.pop()
+    fused_all = fuse(per_model)
+    rows_of = {k: np.array([where[p] for p in df["path"]]) for k, df in sets.items()}
 
-        tables: dict[str, Any] = {"models": [{"trial_id": m.trial_id, "checkpoint": m.checkpoint,
-                                              "mlflow_run_id": m.mlflow_run_id} for m in inp.models]}
-        metrics: dict[str, float] = {}
-        # ---- validation: single models, plain ensemble, each post-processing step (Table VI)
-        if "val_query" in sets:
-            from vreid.evaluate import evaluate_features
+    tables: dict[str, Any] = {"models": [{"trial_id": m.trial_id, "checkpoint": m.checkpoint,
+                                          "mlflow_run_id": m.mlflow_run_id} for m in inp.models]}
+    metrics: dict[str, float] = {}
+    # ---- validation: single models, plain ensemble, each post-processing step (Table VI)
+    if "val_query" in sets:
+        from vreid.evaluate import evaluate_features
 
-            q_df, g_df = sets["val_query"], sets["val_gallery"]
-            qi, gi = rows_of["val_query"], rows_of["val_gallery"]
-            rows = []
-            for m, feats in zip(inp.models, per_model):
-                rows.append({"name": f"single: {m.trial_id or Path(m.checkpoint).name}",
-                             **_eval(evaluate_features, feats[qi], feats[gi], q_df, g_df)})
-            rows.append({"name": f"ensemble of {len(inp.models)} (flip x scales {list(inp.scales)})",
-                         **_eval(evaluate_features, fused_all[qi], fused_all[gi], q_df, g_df)})
-            tables["single_vs_ensemble"] = rows
-            tables["postprocess"] = postprocess_rows(q_df, g_df, chain_cfg, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
-            val_dir = stage / "val"
-            val_dir.mkdir(exist_ok=True)
-            np.save(val_dir / "query_features.npy", fused_all[qi])
-            np.save(val_dir / "gallery_features.npy", fused_all[gi])
-            q_df.to_parquet(val_dir / "query.parquet", index=False)
-            g_df.to_parquet(val_dir / "gallery.parquet", index=False)
-            _save_model_features(val_dir / "features", per_model, per_model_crops, camera_feats, qi, gi, q_df, g_df)
-            best_single = max(rows[:-1], key=lambda r: r["mAP"])
-            metrics.update({f"ensemble_{k}": v for k, v in rows[-1].items() if isinstance(v, float)})
-            metrics.update({f"best_single_{k}": v for k, v in best_single.items() if isinstance(v, float)})
-            for i, r in enumerate(tables["postprocess"]):
-                metrics[f"chain_{i}_mAP"] = float(r["mAP"])
+        q_df, g_df = sets["val_query"], sets["val_gallery"]
+        qi, gi = rows_of["val_query"], rows_of["val_gallery"]
+        rows = []
+        for m, feats in zip(inp.models, per_model):
+            rows.append({"name": f"single: {m.trial_id or Path(m.checkpoint).name}",
+                         **_eval(evaluate_features, feats[qi], feats[gi], q_df, g_df)})
+        rows.append({"name": f"ensemble of {len(inp.models)} (flip x scales {list(inp.scales)})",
+                     **_eval(evaluate_features, fused_all[qi], fused_all[gi], q_df, g_df)})
+        tables["single_vs_ensemble"] = rows
+        tables["postprocess"] = postprocess_rows(q_df, g_df, chain_cfg, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
+        val_dir = out / "val"
+        val_dir.mkdir(exist_ok=True)
+        np.save(val_dir / "query_features.npy", fused_all[qi])
+        np.save(val_dir / "gallery_features.npy", fused_all[gi])
+        q_df.to_parquet(val_dir / "query.parquet", index=False)
+        g_df.to_parquet(val_dir / "gallery.parquet", index=False)
+        _save_model_features(val_dir / "features", per_model, per_model_crops, camera_feats, qi, gi, q_df, g_df)
+        best_single = max(rows[:-1], key=lambda r: r["mAP"])
+        metrics.update({f"ensemble_{k}": v for k, v in rows[-1].items() if isinstance(v, float)})
+        metrics.update({f"best_single_{k}": v for k, v in best_single.items() if isinstance(v, float)})
+        for i, r in enumerate(tables["postprocess"]):
+            metrics[f"chain_{i}_mAP"] = float(r["mAP"])
 
-        # ---- the submission
-        submission = None
-        if "test_query" in sets:
-            q_df, g_df = sets["test_query"], sets["test_gallery"]
-            qi, gi = rows_of["test_query"], rows_of["test_gallery"]
-            final, _ = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=False, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
-            ranking = top_k_from_distance(final, k=100)
-            provenance = {
-                "models": tables["models"],
-                "source": inp.source,
-                "chain": chain_cfg_dict(chain_cfg),
-                "scales": list(inp.scales),
-                "flip": inp.flip,
-                "git_commit": tracking.git_commit(),
-                "test_query": str(inp.test_query),
-                "test_gallery": str(inp.test_gallery),
-            }
-            submission = str(stage / "track2.txt")
-            write_track2(ranking, list(q_df["image_name"]), list(g_df["image_name"]), submission, provenance=provenance)
-            validate_track2(submission, len(q_df), len(g_df))
-            test_dir = stage / "test"
-            test_dir.mkdir(exist_ok=True)
-            np.save(test_dir / "query_features.npy", fused_all[qi])
-            np.save(test_dir / "gallery_features.npy", fused_all[gi])
-
-        tables["timing"] = {"extract_s": extract_s, "images": len(all_paths), "total_s": time.time() - t_start}
-        atomic_write_text(stage / "tables.json", json.dumps(tables, indent=2, default=_json_default))
-        shutil.rmtree(stage / "_work", ignore_errors=True)
-    if submission:
+    # ---- the submission
+    submission = None
+    if "test_query" in sets:
+        q_df, g_df = sets["test_query"], sets["test_gallery"]
+        qi, gi = rows_of["test_query"], rows_of["test_gallery"]
+        final, _ = run_chain(q_df=q_df, g_df=g_df, config=chain_cfg, evaluate=False, **_chain_inputs(per_model, per_model_crops, qi, gi, camera_feats))
+        ranking = top_k_from_distance(final, k=100)
+        provenance = {
+            "models": tables["models"],
+            "source": inp.source,
+            "chain": chain_cfg_dict(chain_cfg),
+            "scales": list(inp.scales),
+            "flip": inp.flip,
+            "git_commit": tracking.git_commit(),
+            "test_query": str(inp.test_query),
+            "test_gallery": str(inp.test_gallery),
+        }
         submission = str(out / "track2.txt")
-    run_id = _log_mlflow(inp, out, tables, metrics, submission, chain_cfg)
-    return {"out_dir": str(out), "submission": submission, "tables": tables, "metrics": metrics, "mlflow_run_id": run_id}
+        write_track2(ranking, list(q_df["image_name"]), list(g_df["image_name"]), submission, provenance=provenance)
+        validate_track2(submission, len(q_df), len(g_df))
+        test_dir = out / "test"
+        test_dir.mkdir(exist_ok=True)
+        np.save(test_dir / "query_features.npy", fused_all[qi])
+        np.save(test_dir / "gallery_features.npy", fused_all[gi])
+
+    tables["timing"] = {"extract_s": extract_s, "images": len(all_paths), "total_s": time.time() - t_start}
+    atomic_write_text(out / "tables.json", json.dumps(tables, indent=2, default=_json_default))
+    shutil.rmtree(out / "_work", ignore_errors=True)
+    return {"submission": submission, "tables": tables, "metrics": metrics, "chain_cfg": chain_cfg}
 
 
 def _json_default(o: Any) -> Any:
