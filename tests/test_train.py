@@ -98,6 +98,15 @@ def test_vehiclenet_stage1_stage2_learns(ray_cluster, vehiclenet_manifests, tmp_
     # checkpoints load without unpickling objects
     state = torch.load(Path(summary["checkpoint"]) / "state.pt", weights_only=True)
     assert state["epoch"] == cfg.stage2.epochs - 1
+    # vreid evaluate on the Stage-II checkpoint (CityFlow: flip x scales 1, 0.9, 0.8 by default) gives the
+    # logged validation mAP
+    from vreid.cli import main
+
+    assert ck2["eval"]["flip"] is True and ck2["eval"]["scales"] == [1.0, 0.9, 0.8]
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--protocol", "cityflow", "--query", cfg.data.val_query, "--gallery", cfg.data.val_gallery,
+                 "--checkpoint", summary["checkpoint"], "--json", str(out), "--no-progress"]) == 0
+    assert abs(json.loads(out.read_text())[0]["mAP"] - s2["val_mAP"]) <= 1e-6
     # re-running the same name resumes: both stages are already finished, nothing is trained again
     again = train_run(cfg)
     assert again["checkpoint"] == summary["checkpoint"]
