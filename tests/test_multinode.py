@@ -8,6 +8,7 @@ machine (`ray start --head` + `ray start --address`) whose second node's raylet 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -205,7 +206,8 @@ def test_grid_survives_losing_a_node_with_s3_storage(two_nodes, moto_s3, mlflow_
     s3 = f"s3://vreid-test/ray?{moto_s3['query']}"
     space = _space(vehiclenet_manifests, tmp_path, storage_path=s3)
     log_path = tmp_path / "grid.log"
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "vreid"), "grid", str(space), "--tracking-uri", mlflow_server],
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "vreid"), "grid", str(space), "--tracking-uri", mlflow_server,
+                             "--progress-steps", "10"],
                             env={**two_nodes["env"], "RAY_ADDRESS": two_nodes["address"], "VREID_STALL_S": "120"},
                             stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
     client = MlflowClient(mlflow_server)
@@ -247,4 +249,7 @@ def test_grid_survives_losing_a_node_with_s3_storage(two_nodes, moto_s3, mlflow_
     objects = [i.path for i in moto_s3["fs"].get_file_info(pafs.FileSelector("vreid-test/ray", recursive=True))]
     assert any("/checkpoint_" in p and p.endswith("model.safetensors") for p in objects)
     assert "[vreid] trial" in log and "(2/2 done)" in log
+    # the Train workers' step progress (on both nodes) reached the driver's log
+    steps = re.findall(r"\[vreid\] (lr0\.0[58]) stage1 epoch \d/2 step 10/\d+ \(\d+%\): [\d.]+ images/s, epoch ETA", log)
+    assert set(steps) == {"lr0.05", "lr0.08"}, steps
     print(log[-4000:])  # the node-loss run's log (pytest -s shows it)
