@@ -129,8 +129,12 @@ def _comm(pid: int) -> str:
 
 @pytest.fixture(scope="module")
 def two_nodes(moto_s3, tmp_path_factory):
-    """A head (1 CPU) and a second node (1 CPU) started with `ray start` on this machine, sharing nothing
-    but loopback; the second node's raylet is found by its node-manager port."""
+    """A head (2 CPUs) and a second node (4 CPUs) started with `ray start` on this machine, sharing nothing
+    but loopback; the second node's raylet is found by its node-manager port. Trial drivers start on the
+    head (the Tune driver's node); Ray places the Train workers' placement groups on the node with the
+    most free CPUs, the second one. After its loss the head has room for both trials' workers: a 1-CPU
+    head deadlocked in an earlier version of this test (a placement group of the lost trial stayed
+    reserved on the head, and the survivor's restarted worker waited for it)."""
     import tempfile
 
     from local_ray import free_port, free_port_flags, kill_temp_dir, pids_of
@@ -142,11 +146,11 @@ def two_nodes(moto_s3, tmp_path_factory):
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
     env.pop("RAY_ADDRESS", None)
     port = free_port()
-    head = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+    head = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
             "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats",
             *[f for f in free_port_flags(head=True) if not f.startswith(("--port=", "--dashboard-port="))]]
     nm_port = free_port()
-    worker = [ray_bin, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+    worker = [ray_bin, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=4",
               f"--node-manager-port={nm_port}", f"--object-manager-port={free_port()}", "--disable-usage-stats",
               *free_port_flags(head=False)]
     try:
@@ -180,9 +184,7 @@ def _space(manifests: Path, root: Path, **output) -> Path:
     raw["output"] = {"root": str(root), **output}
     raw["stage1"]["epochs"] = 2
     raw["stage2"]["epochs"] = 1
-    # trial drivers hold (almost) no CPU: when the second node is lost, the survivor's Train worker must
-    # not wait behind the retried trial's driver for the head's last CPU (a deadlock seen with 0.5 + 0.5
-    # on a 1-CPU head); one 0.9-CPU worker fits a node, so the second trial's worker runs on the second node
+    # trial drivers hold (almost) no CPU: a Train worker never waits behind a queued trial's driver
     raw["grid"].update({"params": {"stage1.lr+stage2.lr": [0.05, 0.08]}, "top_k": 2, "max_concurrent_trials": 2,
                         "trial_cpus": 0.01})
     raw["scaling"]["cpus_per_worker"] = 0.9
@@ -192,7 +194,7 @@ def _space(manifests: Path, root: Path, **output) -> Path:
 
 
 def test_grid_survives_losing_a_node_with_s3_storage(two_nodes, moto_s3, mlflow_server, vehiclenet_manifests, tmp_path):
-    """Two trials, one CPU per node: one trial's Train worker runs on the second node. That
+    """Two trials whose Train workers run on the second node (asserted from its processes). That
     node's raylet is killed once both trials have logged an epoch; Tune retries the lost trial, its Train
     runs resume from their checkpoints on S3 (moto), and the grid finishes with every epoch in MLflow
     exactly once."""
