@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "$MLFLOW_TRACKING_URI, or sqlite:///<output.root>/mlflow.db)")
     p.add_argument("--shared-storage", metavar="MOUNT", help="a mount every node sees (NFS, EFS): a local "
                    "storage_path or SQLite store under it is accepted on a multi-node cluster (default $VREID_SHARED_STORAGE)")
+    p.add_argument("--progress-steps", type=int, default=None, metavar="N",
+                   help="a progress line every N optimiser steps inside each epoch (default 50; 0: off)")
     p.add_argument("--verbose", action="store_true", help="stream the Ray workers' logs (default: one line per epoch)")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept manifest rows whose image path lies outside the dataset root(s) it was built from")
@@ -47,7 +49,9 @@ def _grid(args: argparse.Namespace) -> int:
     if args.tracking_uri:
         cfg.output.mlflow_tracking_uri = args.tracking_uri
     init_ray(num_cpus=args.num_cpus, log_to_driver=args.verbose)
-    selection = run_grid(cfg, name=args.name, resume=args.resume, num_cpus=args.num_cpus, shared=args.shared_storage)
+    extra = {"progress_every_steps": args.progress_steps} if args.progress_steps is not None else None
+    selection = run_grid(cfg, name=args.name, resume=args.resume, num_cpus=args.num_cpus, shared=args.shared_storage,
+                         extra_config=extra)
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "
           f"({len(selection['failed'])} failed) -> {selection['path']}")
     for item in selection["failed"]:
