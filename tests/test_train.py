@@ -272,7 +272,7 @@ def test_teacher_bn_statistics_are_its_own_global_views_only():
     with torch.no_grad():
         reference(torch.cat([g1, g2]))  # what the teacher's statistics must be after the step
     teacher_before = {n: p.detach().clone() for n, p in recipe.teacher.named_parameters()}
-    opt = make_optimizer(recipe.param_groups(), cfg.stage1)
+    opt = make_optimizer(recipe.param_groups(), recipe.stage)
     recipe.train()
     losses = recipe.losses(([g1, g2, l1, l2], targets, torch.arange(8)), epoch=0)
     opt.zero_grad()
