@@ -138,7 +138,9 @@ def two_nodes(moto_s3, tmp_path_factory):
 
     tmp = tempfile.mkdtemp(prefix="vrm", dir="/tmp")
     ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, **AWS_ENV, "RAY_AUTH_MODE": "disabled", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+    # Ray's single-node switch (set by the loopback-only session cluster) refuses a second node
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env = {**env, **AWS_ENV, "RAY_AUTH_MODE": "disabled", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
            # a lost node is declared dead after ~5 s instead of ~30 s
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
     port = free_port()
