@@ -58,7 +58,7 @@ def test_pipeline_outputs_exist_and_parse(demo_run):
     for name in ("stage1_train", "stage2_train", "val_query", "val_gallery", "test_query", "test_gallery"):
         assert rows(man / f"{name}.parquet") > 0
     for fmt in ("veri776", "cityflow", "vehicleid", "veriwild", "compcars"):
-        assert rows(man / "index" / f"{fmt}.parquet") > 0
+        assert rows(out / "index" / f"{fmt}.parquet") > 0
     sel = json.loads(Path(demo_run["selection"]["path"]).read_text())
     assert len(sel["selected"]) == 2 and all(Path(s["checkpoint_uri"].removeprefix("file://")).is_dir() for s in sel["selected"])
     assert demo_run["tracking_uri"].startswith("http://127.0.0.1:")
