@@ -1,6 +1,6 @@
 """Multi-node honesty: storage every node can read, and a grid that survives losing a node.
 
-Unit checks of vreid/distributed/storage.py (URI joins, the multi-node refusal), then S3 storage on a
+Unit checks of vreid/storage.py (URI joins, the multi-node refusal), then S3 storage on a
 local S3-compatible server (moto's server mode on 127.0.0.1), and a real two-node Ray cluster on this
 machine (`ray start --head` + `ray start --address`) whose second node's raylet is killed mid-grid.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vreid.distributed import storage
+from vreid import storage
 from vreid.errors import VreidError
 
 

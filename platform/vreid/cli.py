@@ -15,7 +15,7 @@ import sys
 # Modules that define ``register(subparsers)``; order is the order in ``vreid --help``.
 _COMMAND_MODULES = [
     "vreid.data.cli",
-    "vreid.train.cli",
+    "vreid.distributed.train_cli",
     "vreid.evaluate.cli",
     "vreid.distributed.cli",
     "vreid.ensemble.cli",

@@ -327,7 +327,7 @@ def log_reid_model(run_id: str, tracking_uri: str, checkpoint: str, run_config: 
 
     from vreid.train.checkpoint import MODEL_CONFIG_FILE, load_model_for_inference
 
-    from vreid.distributed.storage import local_checkpoint
+    from vreid.storage import local_checkpoint
 
     checkpoint = local_checkpoint(checkpoint)
     model, info = load_model_for_inference(checkpoint)

@@ -182,7 +182,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from vreid.data.detect import redetect_manifest
+    from vreid.evaluate.detect import redetect_manifest
 
     s = redetect_manifest(args.manifest, args.weights, args.out, score_threshold=args.score_threshold,
                           min_size=args.min_size)

@@ -6,7 +6,7 @@ Layout: ``image/<imgid>.jpg``, ``train_test_split/train_list.txt`` and ``test_li
 
 Protocol (small / medium / large = 800 / 1600 / 2400 test ids): for each id one random image goes
 to the gallery, all others are queries; this is repeated ten times and the mean reported. Our draws
-are seeded, by the one rule :func:`vreid.evaluate.protocols.vehicleid_gallery_picks` (also used by
+are seeded, by the one rule :func:`vehicleid_gallery_picks` (also used by
 ``vreid evaluate --protocol vehicleid``): draw ``k`` of seed ``s`` makes ``numpy.random.default_rng([s, k])``
 and, for each id in ascending order, calls ``integers(n)`` once to pick the gallery image among the id's
 ``n`` images sorted by name; so it is reproducible and recorded.
@@ -18,14 +18,25 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 
 from vreid.data._common import (check_consistent, existing_files, frame, parse_int, read_lines, require_image, require_root)
 from vreid.errors import ConfigError, DataFormatError
-from vreid.evaluate.protocols import vehicleid_gallery_picks
 
 TEST_LISTS = {"small": "test_list_800.txt", "medium": "test_list_1600.txt", "large": "test_list_2400.txt",
               "full": "test_list_13164.txt"}
+
+
+def vehicleid_gallery_picks(counts, seed: int, draw: int) -> np.ndarray:
+    """The VehicleID draw rule, the one implementation the reader (:mod:`vreid.data.vehicleid`) and this
+    protocol share: ``rng = numpy.random.default_rng([seed, draw])``; for each id in ascending id order,
+    one call ``rng.integers(n)`` picks the gallery image's index among that id's ``n`` images sorted by
+    image name. ``counts``: the images per id, ids in ascending order. Returns one index per id."""
+    if int(seed) < 0 or int(draw) < 0:
+        raise ConfigError(f"VehicleID draw: seed and draw must be >= 0, got seed={seed} draw={draw}")
+    rng = np.random.default_rng([int(seed), int(draw)])
+    return np.array([int(rng.integers(int(n))) for n in counts], dtype=np.int64)
 
 
 def _read_pairs(path: Path, files: set[str], folder: Path) -> list[tuple[str, int, Path]]:

@@ -274,7 +274,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
     """Run the grid of ``cfg.grid`` (Tune grid search over dotted keys), select the best k, track it.
 
     ``shared``: a mount every node of a multi-node cluster sees (else ``$VREID_SHARED_STORAGE``); a local
-    ``storage_path`` or SQLite store outside it is refused there (:mod:`vreid.distributed.storage`)."""
+    ``storage_path`` or SQLite store outside it is refused there (:mod:`vreid.storage`)."""
     import ray.tune as tune
     from mlflow import MlflowClient
 
@@ -285,7 +285,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
     name = name or cfg.name
     grid = cfg.grid
     init_ray(num_cpus=num_cpus)
-    from vreid.distributed import storage as st
+    from vreid import storage as st
 
     storage = storage_path_for(cfg)
     exp_dir = st.join(storage, name)
@@ -509,7 +509,7 @@ def load_selection(path: str | Path) -> dict[str, Any]:
     """A grid's ``selection.json`` (or the grid's experiment folder holding it): ``selected`` (best first,
     each with ``checkpoint_uri``, ``mlflow_run_id``, ``run_name``, ``model_uri``, metrics), ``finished``,
     ``failed``, the MLflow ``tracking_uri``, ``parent_run_id`` and ``registered_model``."""
-    from vreid.distributed import storage as st
+    from vreid import storage as st
 
     if st.is_remote(str(path)):
         text = st.read_text(str(path)) if str(path).split("?")[0].endswith(".json") else st.read_text(st.join(str(path), SELECTION_FILE))

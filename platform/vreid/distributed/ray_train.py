@@ -149,7 +149,7 @@ def storage_path_for(cfg: RunConfig) -> str:
 
 
 def stage_marker(storage_path: str, run_name: str) -> Optional[dict[str, Any]]:
-    from vreid.distributed import storage
+    from vreid import storage
 
     text = storage.read_text(storage.join(storage_path, run_name, STAGE_MARKER))
     return json.loads(text) if text else None
@@ -192,7 +192,7 @@ def fit_stage(
         raise result.error
     if result.checkpoint is None:
         raise VreidError(f"{run_name}: training finished without a checkpoint")
-    from vreid.distributed import storage
+    from vreid import storage
 
     out = {"checkpoint": storage.checkpoint_uri(storage_path, result.checkpoint.path), "metrics": _plain(result.metrics)}
     storage.write_text(storage.join(storage_path, run_name, STAGE_MARKER), json.dumps(out, indent=2))

@@ -151,8 +151,8 @@ def extract_features(model, manifest_df, image_size=(256, 256), scales=(1.0, 0.9
 
 def detect_boxes(paths: Sequence[str], weights_path, score_threshold: float = 0.5, device: str = "cpu"):
     """Re-detect vehicles with torchvision's Mask R-CNN from a *local* weights file (Sec. IV-C): per
-    image the best vehicle box ``[x1, y1, x2, y2]`` or None (:mod:`vreid.data.detect`, ``vreid data detect``)."""
-    from vreid.data.detect import detect_boxes_with, load_maskrcnn
+    image the best vehicle box ``[x1, y1, x2, y2]`` or None (:mod:`vreid.evaluate.detect`, ``vreid data detect``)."""
+    from vreid.evaluate.detect import detect_boxes_with, load_maskrcnn
 
     model = load_maskrcnn(weights_path, device=device)
     return [None if hit is None else hit[0] for hit in detect_boxes_with(model, paths, score_threshold, device)]

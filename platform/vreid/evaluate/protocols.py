@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vreid.data.vehicleid import vehicleid_gallery_picks  # the one draw rule (the reader uses it too)
+
 from vreid.errors import EvaluationInputError
 from vreid.evaluate.metrics import evaluate_features
 
@@ -65,17 +67,6 @@ def veriwild(qf, gf, q_df, g_df, same_camera: str = "keep", split: str = "", **k
     if same_camera not in ("keep", "remove"):
         raise EvaluationInputError(f"same_camera must be 'keep' or 'remove', got {same_camera!r}")
     return evaluate_query_gallery("veriwild", qf, gf, q_df, g_df, same_camera == "remove", split, **kw)
-
-
-def vehicleid_gallery_picks(counts, seed: int, draw: int) -> np.ndarray:
-    """The VehicleID draw rule, the one implementation the reader (:mod:`vreid.data.vehicleid`) and this
-    protocol share: ``rng = numpy.random.default_rng([seed, draw])``; for each id in ascending id order,
-    one call ``rng.integers(n)`` picks the gallery image's index among that id's ``n`` images sorted by
-    image name. ``counts``: the images per id, ids in ascending order. Returns one index per id."""
-    if int(seed) < 0 or int(draw) < 0:
-        raise EvaluationInputError(f"VehicleID draw: seed and draw must be >= 0, got seed={seed} draw={draw}")
-    rng = np.random.default_rng([int(seed), int(draw)])
-    return np.array([int(rng.integers(int(n))) for n in counts], dtype=np.int64)
 
 
 def vehicleid_draw(df, seed: int, draw: int) -> tuple[np.ndarray, np.ndarray]:

@@ -135,7 +135,7 @@ def load_model_for_inference(directory: str | Path, device: str = "cpu") -> tupl
     ``checkpoint`` (the directory). A checkpoint whose weights do not match its config fails with the
     names of the mismatching keys.
     """
-    from vreid.distributed.storage import local_checkpoint
+    from vreid.storage import local_checkpoint
 
     directory = Path(local_checkpoint(str(directory)))  # s3://... (any pyarrow URI) is downloaded once
     if not directory.is_dir():
