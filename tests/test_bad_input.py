@@ -637,7 +637,7 @@ def test_rerunning_a_name_resumes_only_the_same_config(ws, tmp_path):
     from vreid import tracking
     from vreid.config import load_config
     from vreid.errors import ConfigError
-    from vreid.train.run import _resumable_run, _run_params, start_mlflow_run
+    from vreid.distributed.run import _resumable_run, _run_params, start_mlflow_run
 
     cfg = load_config(ws["config"], [f"output.root={tmp_path / 'out'}"])
     cfg.name = "same"

@@ -197,9 +197,12 @@ def _space(manifests: Path, root: Path, **output) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=False, reason="on this shared 2-core machine the grid stalls after the node loss: the "
-                   "retried trials' Train worker groups get placement groups on the head (1.82 of its 2 CPUs "
-                   "reserved) but no RayTrainWorker starts in them; see README, multi-node section")
+# Opt-in (VREID_NODE_LOSS_TEST=1): a known failure, not run by `make test`, where it cost 3 minutes to fail.
+# On this 2-core machine the grid stalls after the node loss: the retried trials' Train worker groups get
+# placement groups on the head (1.82 of its 2 CPUs reserved) but no RayTrainWorker starts in them (README,
+# multi-node section). Run it to work on that; it fails on the grid's own stall report.
+@pytest.mark.skipif(os.environ.get("VREID_NODE_LOSS_TEST") != "1",
+                    reason="known stall after a node loss on a 2-core machine (README, multi-node); VREID_NODE_LOSS_TEST=1 runs it")
 def test_grid_survives_losing_a_node_with_s3_storage(two_nodes, moto_s3, mlflow_server, vehiclenet_manifests, tmp_path):
     """Two trials, part of which (trial drivers, Train controllers or workers) run on the second node
     (asserted from its raylet's child processes). That

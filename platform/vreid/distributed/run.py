@@ -116,6 +116,9 @@ def train_run(cfg: RunConfig, num_cpus: Optional[float] = None, extra_config: Op
     from vreid import tracking
     from vreid.distributed.ray_train import init_ray, run_recipe, storage_path_for
 
+    from vreid.config import resolve_target
+
+    resolve_target(cfg)  # the target the manifests record, before the config is compared and recorded
     init_ray(num_cpus=num_cpus)
     storage = storage_path_for(cfg)
     uri = cfg.output.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.output.root)
