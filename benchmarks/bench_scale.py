@@ -98,6 +98,9 @@ def bench_rerank_vs_dense(n_q: int, n_g: int, dim: int) -> None:
         # two ways of computing distances would swap near-tied neighbours
         fd = _FeatureDistances(qf, gf, "euclidean", device="torch")
         full = np.concatenate([fd.rows(s, min(s + 512, n_q + n_g)) for s in range(0, n_q + n_g, 512)])
+        # the original works on transpose(D / max(D, axis=0)): give it D = full.T so that its rows are
+        # exactly the rows the block-wise stage computed (full is symmetric only up to rounding)
+        full = np.ascontiguousarray(full.T)
         qg, qq, gg = full[:n_q, n_q:], full[:n_q, :n_q], full[n_q:, n_q:]
         ref = re_ranking_dense_reference(qg, qq, gg)
         del full, qg, qq, gg, fd
