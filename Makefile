@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_eval.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_ensemble.py
+	$(PY) benchmarks/bench_scale.py
 
 clean:
 	rm -rf outputs .pytest_cache
