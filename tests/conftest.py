@@ -58,7 +58,8 @@ def ray_cluster():
     # every listening port chosen free: a default port held by another Ray instance on this machine
     # would leave the head without a job agent ("No available agent to submit job")
     agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
+                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+                   f"--ray-client-server-port={_free_port()}"]
     os.environ["RAY_AUTH_MODE"] = "disabled"
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "disabled"}
@@ -139,10 +140,11 @@ def vehiclenet_manifests(demo_data, tmp_path_factory):
 
 # --- test tiers -------------------------------------------------------------------------------------
 # `make test-fast` (pytest -m "not integration") runs the unit tier: maths, readers, configs, losses,
-# samplers, selection. A test is integration when it uses a service fixture (a Ray head, an MLflow
-# server) or is marked so by hand; the fast tier also fails any test that starts Ray by itself, so a
+# samplers, selection. A test is integration when it uses a service fixture (a Ray head, an MLflow or
+# S3 server, a two-node cluster) or is marked so by hand (a training run, vreid processes spawned or
+# killed, a Mask R-CNN forward); the fast tier also fails any test that starts Ray by itself, so a
 # test that needs Ray cannot hide in it.
-_SERVICE_FIXTURES = {"ray_cluster", "mlflow_server"}
+_SERVICE_FIXTURES = {"ray_cluster", "mlflow_server", "two_nodes", "moto_s3"}
 
 
 def pytest_collection_modifyitems(config, items):

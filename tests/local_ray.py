@@ -73,7 +73,8 @@ def free_port_flags(head: bool) -> list[str]:
     flags = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
              f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     if head:
-        flags += [f"--port={free_port()}", f"--dashboard-port={free_port()}"]
+        # the Ray client server's default 10001 too: two heads on one machine would share it
+        flags += [f"--port={free_port()}", f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}"]
     return flags
 
 

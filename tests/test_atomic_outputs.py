@@ -83,6 +83,7 @@ def _fresh_old(vn_sets, tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize("kill_at", range(1, 9))  # 7 file renames inside the temporary folder, then the swap
+@pytest.mark.integration  # vreid processes, killed
 def test_vehiclenet_killed_after_each_rename(vn_sets, tmp_path, kill_at):
     out = _fresh_old(vn_sets, tmp_path)
     rc, _, _ = run(vn_args(out, NEW_SOURCES), env={"VREID_KILL_AFTER_RENAME": str(kill_at)})
@@ -94,6 +95,7 @@ def test_vehiclenet_killed_after_each_rename(vn_sets, tmp_path, kill_at):
 
 
 @pytest.mark.parametrize("kill_at", [1, 2])  # without renameat2: old set moved aside, then the new set moved in
+@pytest.mark.integration  # vreid processes, killed
 def test_vehiclenet_fallback_swap_killed_between_renames(vn_sets, tmp_path, kill_at):
     out = _fresh_old(vn_sets, tmp_path)
     env = {"VREID_NO_RENAME_EXCHANGE": "1", "VREID_KILL_AFTER_RENAME": str(7 + kill_at)}
@@ -106,6 +108,7 @@ def test_vehiclenet_fallback_swap_killed_between_renames(vn_sets, tmp_path, kill
     assert tree(out) == (vn_sets["new"] if kill_at == 2 else vn_sets["old"])
 
 
+@pytest.mark.integration  # vreid processes, killed
 def test_vehiclenet_killed_at_random_moments(vn_sets, tmp_path):
     rng = random.Random(0)
     out = _fresh_old(vn_sets, tmp_path)
@@ -121,6 +124,7 @@ def test_vehiclenet_killed_at_random_moments(vn_sets, tmp_path):
 
 
 # -- data index: one file ---------------------------------------------------------------------------------------
+@pytest.mark.integration  # vreid processes, killed
 def test_index_killed_after_rename_and_at_random(tmp_path):
     out = tmp_path / "m.parquet"
     assert run(["data", "index", "veri776", str(FIX / "veri776"), "--out", str(out)])[0] == 0
@@ -240,6 +244,7 @@ def test_replaced_file_keeps_its_mode_and_new_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "set" / "a.txt").stat().st_mode) == 0o664
 
 
+@pytest.mark.integration  # vreid processes, killed
 def test_vehiclenet_and_track2_modes(vn_sets, tmp_path):
     for p in (vn_sets["root"] / "new").iterdir():
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~_umask(), p

@@ -534,6 +534,7 @@ def test_matrix_covers_every_command_and_class():
 
 # -- the same refusals as a user's shell sees them (a separate process) -----------------------------------
 @pytest.mark.parametrize("name", ["train-unknown-backbone", "submission-plus-sign", "index-out-is-dir"])
+@pytest.mark.integration  # vreid processes
 def test_bad_input_subprocess(name, ws, tmp_path):
     case = CASES[name]
     argv = case.argv(ws, tmp_path)

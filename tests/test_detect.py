@@ -60,6 +60,7 @@ def test_detect_refuses_missing_or_bad_weights(tmp_path, capsys):
     assert not (tmp_path / "o.parquet").exists()
 
 
+@pytest.mark.integration  # Mask R-CNN forwards
 def test_detect_writes_the_detectors_best_vehicle_box(tmp_path, capsys):
     from vreid.data.schema import read_manifest, read_manifest_metadata
 
@@ -84,6 +85,7 @@ def test_detect_writes_the_detectors_best_vehicle_box(tmp_path, capsys):
     assert "3 of 3 images got a Mask R-CNN box" in capsys.readouterr().out
 
 
+@pytest.mark.integration  # Mask R-CNN forwards
 def test_detect_nothing_found_keeps_previous_box_and_records_it(tmp_path, capsys):
     from vreid.data.schema import read_manifest, read_manifest_metadata
 

@@ -58,6 +58,7 @@ def _run(script: str, env: dict) -> list:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.integration  # starts a local Ray cluster
 def test_local_cluster_of_init_ray_listens_on_loopback_only():
     """``init_ray`` as ``vreid train`` / ``grid`` / ``ensemble`` call it, with a task and an actor running."""
     sockets = _run(r'''

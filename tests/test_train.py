@@ -156,6 +156,7 @@ def test_ssbver_teacher_learns(ray_cluster, target_manifests, tmp_path):
     assert ck["dino_out_dim"] is None and ck["recipe"] == "ssbver"
 
 
+@pytest.mark.integration  # two 10-epoch training runs
 def test_ssbver_baseline_learns_within_vehiclenets_epoch_budget(target_manifests, tmp_path):
     """Same data, same 10 epochs (plain engine): the BNNeck baseline reaches at least 0.4 x VehicleNet's
     mAP and 1.3 x its own untrained mAP.
@@ -334,6 +335,7 @@ def test_ssbver_is_evaluated_with_one_teacher_pass():
     assert SSBVERBaselineRecipe(tiny_ssbver_cfg(), "stage1", num_classes=4).eval_model() is not None
 
 
+@pytest.mark.integration  # a training run (without Ray)
 def test_engine_fits_a_recipe_without_ray(vehiclenet_manifests, tmp_path):
     """prepare + fit in this process (no Ray): losses fall, validation runs, callbacks see every
     step and epoch, and a checkpoint saved by the engine loads as the exported model."""
