@@ -17,8 +17,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vreid demo --out outputs/demo
 
+# two pytest-xdist workers, a test file each at a time (its module fixtures stay on one worker), the
+# longest files first (tests/conftest.py); each worker has its own Ray head
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder tests
 
 # the unit tier: no Ray, no MLflow server, no training run (a test that starts Ray fails here)
 test-fast: $(STAMP)

@@ -15,6 +15,16 @@ import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The test heads and every Ray process they start inherit these (set before any `ray start`): Ray's
+# metrics collection (the dashboard agent polling every worker), Ray Train's metrics callbacks and its
+# preemption-watcher actor (one more process per training run) cost CPU on this 2-core machine and
+# nothing here reads them. Everything the tests check runs as it would without them.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
+os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# and Ray Train's controller polls its workers every 0.5 s instead of 2 s: a run's end (and each report)
+# is seen sooner, ~20 training runs in the suite
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own stores
 os.environ.pop("RAY_ADDRESS", None)
 
@@ -35,9 +45,18 @@ def _kill_cluster(tmp: str) -> None:
     import psutil
 
     me = os.getpid()
+    doomed = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             if proc.info["pid"] != me and any(tmp in part for part in proc.info["cmdline"] or []):
+                # and its children: Ray's workers rename themselves (`ray::TrainController`), so their
+                # command lines no longer name the temp dir, and an orphan would outlive the session
+                doomed += [proc, *proc.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    for proc in doomed:
+        try:
+            if proc.pid != me:
                 proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -147,10 +166,18 @@ def vehiclenet_manifests(demo_data, tmp_path_factory):
 _SERVICE_FIXTURES = {"ray_cluster", "mlflow_server", "two_nodes", "moto_s3"}
 
 
+# `make test` hands whole files to two pytest-xdist workers in this order (`--dist loadfile
+# --no-loadscope-reorder`): the longest first, so the short ones fill both workers' ends
+_LONGEST_FIRST = ("test_pipeline.py", "test_train.py", "test_grid.py", "test_atomic_outputs.py", "test_bad_input.py",
+                  "test_multinode.py", "test_eval_cli.py", "test_detect.py", "test_sockets.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
 
 
 @pytest.hookimpl(hookwrapper=True)

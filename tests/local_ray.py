@@ -95,8 +95,18 @@ def pids_of(fragment: str) -> list[int]:
 
 
 def kill_temp_dir(tmp: str, sig: int = signal.SIGKILL) -> None:
+    """Signal every process whose command line names `tmp`, and their children (Ray's workers rename
+    themselves to `ray::...` and no longer name the temp dir)."""
+    import psutil
+
     for _ in range(3):
-        pids = pids_of(tmp)
+        pids = set(pids_of(tmp))
+        for pid in list(pids):
+            try:
+                pids.update(child.pid for child in psutil.Process(pid).children(recursive=True))
+            except psutil.Error:
+                pass
+        pids.discard(os.getpid())
         if not pids:
             return
         for pid in pids:

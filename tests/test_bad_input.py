@@ -573,7 +573,7 @@ recipe: vehiclenet
 data: {{manifests: {manifests}, image_size: [32, 32], loader_workers: 0}}
 model: {{backbone: test_resnet, fc_dim: 16, dropout: 0.0}}
 stage1: {{epochs: 1, batch_size: 32, lr: 0.05, milestones: [5]}}
-stage2: {{epochs: 1, batch_size: 32, lr: 0.05, milestones: [5]}}
+stage2: {{epochs: 0}}
 eval: {{flip: false, batch_size: 128}}
 scaling: {{num_workers: 1, cpus_per_worker: 0.5, max_failures: 0}}
 output: {{root: {tmp / 'out'}}}

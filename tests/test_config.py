@@ -143,3 +143,15 @@ def test_target_from_manifests_and_e_per_target(tmp_path):
         resolve_target(cfg)
     assert ssl_out_dim(config_from_dict({"recipe": "ssbver", "target": "veriwild"})) == 16384
     assert ssl_out_dim(config_from_dict({"recipe": "ssbver", "target": "veriwild", "ssbver": {"dino_out_dim": 64}})) == 64
+
+
+def test_stage2_epochs_zero_runs_stage1_only():
+    """VehicleNet with `stage2.epochs: 0` runs Stage-I only (the demo's camera model: both stages would see
+    the same images); a negative count is refused, and SSBVER stays one stage whatever stage2 says."""
+    assert config_from_dict({}).stages == ["stage1", "stage2"]
+    assert config_from_dict({"stage2": {"epochs": 0}}).stages == ["stage1"]
+    with pytest.raises(ConfigError, match=r"'stage2.epochs' must be >= 1 \(or 0: Stage-I only\), got -1"):
+        config_from_dict({"stage2": {"epochs": -1}}, "x.yaml")
+    with pytest.raises(ConfigError, match=r"'stage1.epochs' must be >= 1, got 0"):
+        config_from_dict({"stage1": {"epochs": 0}}, "x.yaml")
+    assert config_from_dict({"recipe": "ssbver", "stage1": {"sampler": "pk"}, "stage2": {"epochs": 0}}).stages == ["stage1"]

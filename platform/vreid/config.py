@@ -210,8 +210,12 @@ class RunConfig:
 
     @property
     def stages(self) -> list[str]:
-        """The stages a recipe runs: VehicleNet Stage-I then Stage-II; SSBVER one stage (``stage1``)."""
-        return ["stage1", "stage2"] if self.recipe == "vehiclenet" else ["stage1"]
+        """The stages a recipe runs: VehicleNet Stage-I then Stage-II (``stage2.epochs: 0``: Stage-I only, e.g.
+        the paper's Stage-I rows, or a model whose two stages would see the same data); SSBVER one stage
+        (``stage1``)."""
+        if self.recipe != "vehiclenet":
+            return ["stage1"]
+        return ["stage1"] if self.stage2.epochs == 0 else ["stage1", "stage2"]
 
     def stage(self, name: str) -> StageConfig:
         return getattr(self, name)
@@ -454,7 +458,8 @@ def validate(cfg: RunConfig, where: str) -> None:
     for stage in cfg.stages:
         s = cfg.stage(stage)
         if s.epochs < 1:
-            raise ConfigError(f"{where}: '{stage}.epochs' must be >= 1, got {s.epochs}")
+            hint = " (or 0: Stage-I only)" if stage == "stage2" else ""
+            raise ConfigError(f"{where}: '{stage}.epochs' must be >= 1{hint}, got {s.epochs}")
         if s.batch_size < 1:
             raise ConfigError(f"{where}: '{stage}.batch_size' must be >= 1, got {s.batch_size}")
         if s.lr is not None and s.lr <= 0:

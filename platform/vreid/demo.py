@@ -149,14 +149,15 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
 def train_camera_model(space: str, manifests: Path, out: Path, overrides: list[str] | None = None,
                        tracking_uri: str | None = None) -> str:
     """A small camera classifier (the demo's recipe with camera ids as labels, ``data.label_by: camera``)
-    on the CityFlow training images (every one has a camera id) for both stages, tracked in the demo's
-    MLflow store (experiment ``<name>_camera``); returns its checkpoint."""
+    on the CityFlow training images (every one has a camera id), Stage-I only (a Stage-II would see the
+    same images and labels), tracked in the demo's MLflow store (experiment ``<name>_camera``); returns
+    its checkpoint."""
     from vreid.config import load_config
     from vreid.distributed.run import train_run
 
     cfg = load_config(space, [f"data.manifests={manifests}", f"output.root={out / 'camera_model'}", *(overrides or []),
                               "data.label_by=camera", f"data.stage1_train={manifests / 'stage2_train.parquet'}",
-                              "stage1.epochs=2", "stage2.epochs=1"])
+                              "stage1.epochs=3", "stage2.epochs=0"])
     cfg.name = f"{cfg.name}_camera"
     if tracking_uri:
         cfg.output.mlflow_tracking_uri = tracking_uri
