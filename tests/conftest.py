@@ -15,51 +15,10 @@ import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# The test heads and every Ray process they start inherit these (set before any `ray start`): Ray's
-# metrics collection (the dashboard agent polling every worker), Ray Train's metrics callbacks and its
-# preemption-watcher actor (one more process per training run) cost CPU on this 2-core machine and
-# nothing here reads them. Everything the tests check runs as it would without them.
-os.environ.setdefault("RAY_enable_metrics_collection", "0")
-os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-# and Ray Train's controller polls its workers every 0.5 s instead of 2 s: a run's end (and each report)
-# is seen sooner, ~20 training runs in the suite
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own stores
 os.environ.pop("RAY_ADDRESS", None)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _kill_cluster(tmp: str) -> None:
-    """Stop only the processes of *this* head (their command lines name its temp dir): never `ray stop`,
-    which would stop every Ray instance on the machine."""
-    import psutil
-
-    me = os.getpid()
-    doomed = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if proc.info["pid"] != me and any(tmp in part for part in proc.info["cmdline"] or []):
-                # and its children: Ray's workers rename themselves (`ray::TrainController`), so their
-                # command lines no longer name the temp dir, and an orphan would outlive the session
-                doomed += [proc, *proc.children(recursive=True)]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    for proc in doomed:
-        try:
-            if proc.pid != me:
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +31,13 @@ def ray_cluster():
 
     import ray
 
+    from local_ray import free_port_flags, kill_temp_dir
+
     tmp = tempfile.mkdtemp(prefix="vr", dir="/tmp")  # socket paths must stay under 107 bytes
-    port, dash = _free_port(), _free_port()
     # every listening port chosen free: a default port held by another Ray instance on this machine
     # would leave the head without a job agent ("No available agent to submit job")
-    agent_ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-                   f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
-                   f"--ray-client-server-port={_free_port()}"]
+    ports = free_port_flags(head=True)
+    port, dash = (next(f.split("=")[1] for f in ports if f.startswith(k)) for k in ("--port=", "--dashboard-port="))
     os.environ["RAY_AUTH_MODE"] = "disabled"
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "disabled"}
@@ -91,9 +50,9 @@ def ray_cluster():
 
     ray_constants.ENABLE_RAY_CLUSTER = False
     head_env = env
-    cmd = [os.path.join(bin_dir, "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-           "--num-cpus=4", f"--temp-dir={tmp}", "--disable-usage-stats", *agent_ports]
+    cmd = [os.path.join(bin_dir, "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+           "--num-cpus=4", f"--temp-dir={tmp}", "--disable-usage-stats", *ports]
     subprocess.run(cmd, env=head_env, check=True, capture_output=True, text=True, timeout=180)
     address = f"127.0.0.1:{port}"
     try:
@@ -101,14 +60,18 @@ def ray_cluster():
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": tmp, "env": env}
     finally:
         ray.shutdown()
-        _kill_cluster(tmp)
+        # only the processes of *this* head (and their children), never `ray stop`, which would stop
+        # every Ray instance on the machine
+        kill_temp_dir(tmp)
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """A real `mlflow server` on 127.0.0.1 with a SQLite store and a local artifact root."""
+    from local_ray import free_port
+
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
     proc = subprocess.Popen(
         [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

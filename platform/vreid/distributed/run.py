@@ -114,9 +114,8 @@ def train_run(cfg: RunConfig, num_cpus: Optional[float] = None, extra_config: Op
     from mlflow import MlflowClient
 
     from vreid import tracking
-    from vreid.distributed.ray_train import init_ray, run_recipe, storage_path_for
-
     from vreid.config import resolve_target
+    from vreid.distributed.ray_train import init_ray, run_recipe, storage_path_for
 
     resolve_target(cfg)  # the target the manifests record, before the config is compared and recorded
     init_ray(num_cpus=num_cpus)
