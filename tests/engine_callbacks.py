@@ -62,3 +62,23 @@ class ShardRecorder:
         name = f"{ctx.recipe.stage_name}_e{ctx.epoch + 1}_r{ctx.rank}.json"
         (path / name).write_text(json.dumps({"seen": self.seen, "digests": self.digests}))
         self.seen, self.digests = [], []
+
+
+class HoldAfterEpoch:
+    """Rank 0 stops after epoch ``epoch`` was reported (its checkpoint persisted): it writes
+    ``<folder>/held`` and sleeps until ``<folder>/release`` exists, so a test can interrupt a grid's
+    driver at a known point of a trial instead of racing its training."""
+
+    def __init__(self, epoch: int, folder: str):
+        self.epoch, self.folder = int(epoch), str(folder)
+
+    def on_epoch_end(self, ctx) -> None:
+        import time
+
+        folder = Path(self.folder)
+        if ctx.rank != 0 or ctx.epoch + 1 != self.epoch:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "held").write_text(str(os.getpid()))
+        while not (folder / "release").exists():
+            time.sleep(0.2)

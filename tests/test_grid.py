@@ -43,52 +43,72 @@ def epoch_history(client, run_id: str, key: str = "val_mAP") -> list[int]:
 
 def test_grid_resume_after_interrupted_driver(ray_cluster, vehiclenet_manifests, tmp_path):
     """Two concurrent trials, Stage-I only (what is resumed is Tune's experiment, not the chaining of
-    stages, which the pipeline's grid covers), of 1 and 16 epochs at 32 x 32 (6 were once not enough: the long one had
-    finished too by the time of the interrupt); the driver is interrupted once the short
-    one has finished, while the long one is still training. The resumed grid finishes the long one (each
-    epoch logged once) and does not train the short one again."""
+    stages, which the pipeline's grid covers), of 1 and 4 epochs at 32 x 32. The long one holds after
+    its epoch 2 was reported (a test callback: no race with its training); the driver is interrupted
+    once the short one has finished and the long one holds. The resumed grid finishes the long one from
+    its checkpoint, each epoch logged once, and does not train the short one again. (Racing a 16-epoch
+    trial instead once lost epoch 5: checkpointed, then the driver stopped before logging it; resuming
+    now logs such an epoch from its checkpoint, tests/test_tracking.py.)"""
     from mlflow import MlflowClient
 
     from vreid.distributed.grid import run_grid
 
-    raw = grid_dict(vehiclenet_manifests, tmp_path, {"stage1.epochs": [1, 16]},
-                    **{"name": "resume", "grid.max_concurrent_trials": 2, "stage1.milestones": [15], "stage2.epochs": 0,
+    raw = grid_dict(vehiclenet_manifests, tmp_path, {"stage1.epochs": [1, 4]},
+                    **{"name": "resume", "grid.max_concurrent_trials": 2, "stage1.milestones": [3], "stage2.epochs": 0,
                        "data.image_size": [32, 32]})
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(raw))
+    hold = tmp_path / "hold"
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from engine_callbacks import HoldAfterEpoch, by_value\n"
+        "from vreid.config import load_config\n"
+        "from vreid.distributed.grid import run_grid\n"
+        "from vreid.distributed.ray_train import init_ray\n"
+        "by_value()\n"
+        f"cfg = load_config({str(space)!r})\n"
+        "init_ray()\n"
+        f"run_grid(cfg, extra_config={{'callbacks': [HoldAfterEpoch(2, {str(hold)!r})]}})\n")
     env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
     log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "vreid"), "grid", str(space)], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=log, stderr=subprocess.STDOUT)
     storage = tmp_path / "ray"
-    deadline = time.time() + 900
+    deadline = time.time() + 600
     first = None
-    while time.time() < deadline and first is None:
+    while time.time() < deadline and not (first and (hold / "held").exists()):
         done = sorted(storage.glob("resume-*-stage1/vreid_stage.json"))
-        if done:
-            first = done[0]
-        elif proc.poll() is not None:
+        first = done[0] if done else None
+        if proc.poll() is not None:
             pytest.fail("the grid driver exited early:\n" + (tmp_path / "driver.log").read_text()[-3000:])
-        time.sleep(1)
-    assert first is not None, "the first trial did not finish in time"
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)  # the driver is interrupted
+        time.sleep(0.5)
+    assert first is not None and (hold / "held").exists(), "the short trial did not finish, or the long one did not reach its hold"
+    proc.send_signal(signal.SIGINT)  # the driver is interrupted while the long trial holds after epoch 2
     proc.wait(timeout=120)
-    assert len(list(storage.glob("resume-*-stage1/vreid_stage.json"))) == 1, "the long trial finished before the interrupt"
+    (hold / "release").write_text("")  # the resumed run passes its epoch 2 (it resumes after it anyway)
+    assert len(list(storage.glob("resume-*-stage1/vreid_stage.json"))) == 1
     finished_trial = first.parent.name.removeprefix("resume-").removesuffix("-stage1")
     before = {p.name for p in (storage / f"resume-{finished_trial}-stage1").glob("checkpoint_*")}
     assert before
 
     cfg = config_from_dict(raw)
     cfg.data = cfg.data.resolved()
-    selection = run_grid(cfg, resume=True)
+    from engine_callbacks import HoldAfterEpoch, by_value
+
+    by_value()
+    # the same extra config as the interrupted driver's (Tune restores only an unchanged param space)
+    selection = run_grid(cfg, resume=True, extra_config={"callbacks": [HoldAfterEpoch(2, str(hold))]})
     assert len(selection["finished"]) == 2, selection
     after = {p.name for p in (storage / f"resume-{finished_trial}-stage1").glob("checkpoint_*")}
     assert after == before, "a finished trial was trained again"
     assert not list(storage.glob("resume-*-stage2")), "stage2.epochs: 0 ran a Stage-II"
     client = MlflowClient(selection["tracking_uri"])
     histories = sorted(epoch_history(client, item["mlflow_run_id"]) for item in selection["finished"])
-    assert histories == [[1], list(range(1, 17))], histories
+    assert histories == [[1], [1, 2, 3, 4]], histories
+    long_run = next(i for i in selection["finished"] if epoch_history(client, i["mlflow_run_id"]) == [1, 2, 3, 4])
+    lrs = sorted(m.step for m in client.get_metric_history(long_run["mlflow_run_id"], "stage1/loss"))
+    assert lrs == [1, 2, 3, 4], lrs
 
 
 class _Trial:

@@ -200,59 +200,6 @@ def test_ssbver_baseline_learns_within_vehiclenets_epoch_budget(target_manifests
     assert bl >= 1.3 * bl_base and bl >= 0.4 * vn
 
 
-def test_two_workers_disjoint_shards_identical_params(ray_cluster, vehiclenet_manifests, tmp_path):
-    from vreid.data.schema import read_manifest
-    from vreid.distributed.ray_train import fit_stage
-
-    raw = tiny_config(vehiclenet_manifests, tmp_path, **{"stage1.epochs": 2, "scaling.num_workers": 2,
-                                                           "scaling.cpus_per_worker": 1, "data.image_size": [32, 32]})
-    cfg = config_from_dict(raw)
-    cfg.data = cfg.data.resolved()
-    debug = tmp_path / "debug"
-    fit_stage(cfg, "stage1", "two-workers", str(tmp_path / "ray"), extra_config={"callbacks": [ShardRecorder(str(debug))]})
-    n = len(read_manifest(cfg.data.stage1_train))
-    for epoch in (1, 2):
-        r0 = json.loads((debug / f"stage1_e{epoch}_r0.json").read_text())
-        r1 = json.loads((debug / f"stage1_e{epoch}_r1.json").read_text())
-        s0, s1 = set(r0["seen"]), set(r1["seen"])
-        assert not (s0 & s1), "the two workers' shards overlap"
-        # drop_last may leave out less than one batch per worker; everything else is covered
-        assert len(s0 | s1) >= n - 2 * cfg.stage1.batch_size and (s0 | s1) <= set(range(n))
-        assert r0["digests"] and r0["digests"] == r1["digests"], "parameters differ between workers after a step"
-    # the epochs see different orders
-    e1 = json.loads((debug / "stage1_e1_r0.json").read_text())["seen"]
-    e2 = json.loads((debug / "stage1_e2_r0.json").read_text())["seen"]
-    assert e1 != e2
-
-
-def test_two_workers_ssbver_pk_batches_whole_identities(ray_cluster, vehiclenet_manifests, tmp_path):
-    """SSBVER with two workers: P x K batches give each worker whole identities, and the multi-crop
-    student (local crops through the same parameters) stays identical across workers."""
-    from vreid.data.schema import read_manifest
-    from vreid.distributed.ray_train import fit_stage
-    from vreid.train.data import training_labels
-
-    raw = tiny_config(
-        vehiclenet_manifests, tmp_path, recipe="ssbver",
-        **{"stage1": {"epochs": 1, "batch_size": 32, "num_instances": 4, "sampler": "pk", "optimizer": "adam",
-                      "lr": 0.003, "backbone_lr_mult": 1.0, "milestones": [7]},
-           "ssbver": {"n_local": 2, "local_size": [16, 16], "dino_out_dim": 64, "ema_momentum": 0.9,
-                      "dino_hidden_dim": 64, "dino_bottleneck_dim": 32},
-           "scaling": {"num_workers": 2, "cpus_per_worker": 1}, "data.image_size": [32, 32]},
-    )
-    raw["data"]["stage2_train"] = str(vehiclenet_manifests / "stage1_train.parquet")
-    cfg = config_from_dict(raw)
-    cfg.data = cfg.data.resolved()
-    debug = tmp_path / "debug"
-    fit_stage(cfg, "stage1", "ssb-two", str(tmp_path / "ray"), extra_config={"callbacks": [ShardRecorder(str(debug))]})
-    labels = training_labels(read_manifest(cfg.data.stage2_train))
-    r0 = json.loads((debug / "stage1_e1_r0.json").read_text())
-    r1 = json.loads((debug / "stage1_e1_r1.json").read_text())
-    ids0, ids1 = set(labels[r0["seen"]].tolist()), set(labels[r1["seen"]].tolist())
-    assert ids0 and ids1 and not (ids0 & ids1), "an identity was split across workers"
-    assert r0["digests"] and r0["digests"] == r1["digests"]
-
-
 # -- the engine and recipes without Ray ----------------------------------------------------------------
 def tiny_ssbver_cfg(**ssbver):
     return config_from_dict({
@@ -379,29 +326,13 @@ def test_engine_fits_a_recipe_without_ray(vehiclenet_manifests, tmp_path):
     assert info["recipe"] == "vehiclenet" and info["eval"] == {"flip": True, "scales": [1.0, 0.9, 0.8], "metric": "cosine"}
 
 
-# -- vreid train on each target, then vreid evaluate on the checkpoint -----------------------------------
-@pytest.mark.parametrize("target,recipe", [("vehicleid", "vehiclenet"), ("veriwild", "ssbver_baseline")])
-def test_vreid_train_validates_with_the_target_protocol(ray_cluster, target_manifests, tmp_path, target, recipe):
-    """`vreid train` on a VehicleID / VeRi-Wild target (VehicleID has no cameras: a same-camera junk rule
-    would leave no true match). The logged val_mAP is the target protocol's, so `vreid evaluate
-    --checkpoint` on the validation split, with its default views for the recipe, gives it to 1e-6."""
-    import yaml
-
+# -- two Ray Train workers on each target, then vreid evaluate on the checkpoint ---------------------------
+def _logged_val_map_is_the_protocols(target: str, man: Path, tmp_path: Path, run: str, recipe: str) -> None:
+    """The logged val_mAP is the target protocol's: `vreid evaluate --checkpoint` on the validation split,
+    with the checkpoint's default views for the recipe, gives it to 1e-6."""
     from vreid.cli import main
 
-    man = target_manifests[target]
-    raw = tiny_config(man, tmp_path, name=f"e2e-{target}", recipe=recipe, **{"data.image_size": [32, 32]})
-    raw["stage1"].update(epochs=1, milestones=[1])
-    raw["stage2"] = {"epochs": 0}  # Stage-I only: its validation is already the target's protocol
-    if recipe != "vehiclenet":
-        raw["stage1"] = {"epochs": 1, "batch_size": 16, "num_instances": 4, "warmup_epochs": 0, "optimizer": "adam",
-                         "lr": 1e-3}
-        raw["ssbver"] = {"ema_momentum": 0.5}
-    raw["eval"] = {"batch_size": 128}  # the recipe's default views: SSBVER one pass, VehicleNet flipped mean
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    assert main(["train", str(path)]) == 0
-    done = json.loads((tmp_path / "ray" / f"e2e-{target}-stage1" / "vreid_stage.json").read_text())
+    done = json.loads((tmp_path / "ray" / f"{run}-stage1" / "vreid_stage.json").read_text())
     logged = done["metrics"]["val_mAP"]
     ck = done["checkpoint"]
     info = json.loads((Path(ck) / "model_config.json").read_text())
@@ -416,3 +347,68 @@ def test_vreid_train_validates_with_the_target_protocol(ray_cluster, target_mani
         assert row["draws"] == 10  # the mean over the protocol's seeded gallery draws
     else:
         assert row["same_camera"] == "keep"  # the rule the manifests record
+
+
+def test_two_workers_vehicleid_disjoint_shards_identical_params_and_protocol(ray_cluster, target_manifests, tmp_path):
+    """VehicleNet on two Ray Train workers (`train_run`, what `vreid train` runs), VehicleID target: the
+    workers see disjoint shards covering the training set, with identical parameters after every step,
+    and other orders each epoch; the logged val_mAP is VehicleID's protocol (no cameras, so a same-camera
+    junk rule would leave no true match; the mean of 10 seeded gallery draws)."""
+    from vreid.data.schema import read_manifest
+    from vreid.distributed.run import train_run
+
+    man = target_manifests["vehicleid"]
+    raw = tiny_config(man, tmp_path, name="two-vid", **{"stage1.epochs": 2, "stage1.milestones": [2],
+                                                       "stage2.epochs": 0, "scaling.num_workers": 2,
+                                                       "scaling.cpus_per_worker": 1, "data.image_size": [32, 32]})
+    raw["eval"] = {"batch_size": 128}  # the recipe's default views: VehicleNet's flipped mean
+    cfg = config_from_dict(raw)
+    cfg.data = cfg.data.resolved()
+    debug = tmp_path / "debug"
+    train_run(cfg, extra_config={"callbacks": [ShardRecorder(str(debug))]})
+    n = len(read_manifest(cfg.data.stage1_train))
+    for epoch in (1, 2):
+        r0 = json.loads((debug / f"stage1_e{epoch}_r0.json").read_text())
+        r1 = json.loads((debug / f"stage1_e{epoch}_r1.json").read_text())
+        s0, s1 = set(r0["seen"]), set(r1["seen"])
+        assert not (s0 & s1), "the two workers' shards overlap"
+        # drop_last may leave out less than one batch per worker; everything else is covered
+        assert len(s0 | s1) >= n - 2 * cfg.stage1.batch_size and (s0 | s1) <= set(range(n))
+        assert r0["digests"] and r0["digests"] == r1["digests"], "parameters differ between workers after a step"
+    # the epochs see different orders
+    e1 = json.loads((debug / "stage1_e1_r0.json").read_text())["seen"]
+    e2 = json.loads((debug / "stage1_e2_r0.json").read_text())["seen"]
+    assert e1 != e2
+    _logged_val_map_is_the_protocols("vehicleid", man, tmp_path, "two-vid", "vehiclenet")
+
+
+def test_two_workers_ssbver_pk_batches_whole_identities_veriwild(ray_cluster, target_manifests, tmp_path):
+    """SSBVER (DINO head, multi-crop) with two workers, VeRi-Wild target: P x K batches give each worker
+    whole identities, the multi-crop student (local crops through the same parameters) stays identical
+    across workers, and the logged val_mAP (the teacher, one pass) is VeRi-Wild's protocol with the
+    same-camera rule the manifests record."""
+    from vreid.data.schema import read_manifest
+    from vreid.distributed.run import train_run
+    from vreid.train.data import training_labels
+
+    man = target_manifests["veriwild"]
+    raw = tiny_config(
+        man, tmp_path, recipe="ssbver", name="two-ssb",
+        **{"stage1": {"epochs": 1, "batch_size": 16, "num_instances": 4, "sampler": "pk", "optimizer": "adam",
+                      "lr": 0.003, "backbone_lr_mult": 1.0, "milestones": [7], "warmup_epochs": 0},
+           "ssbver": {"n_local": 2, "local_size": [16, 16], "dino_out_dim": 64, "ema_momentum": 0.9,
+                      "dino_hidden_dim": 64, "dino_bottleneck_dim": 32},
+           "scaling": {"num_workers": 2, "cpus_per_worker": 1}, "data.image_size": [32, 32]},
+    )
+    raw["eval"] = {"batch_size": 128}  # the recipe's default views: SSBVER one teacher pass
+    cfg = config_from_dict(raw)
+    cfg.data = cfg.data.resolved()
+    debug = tmp_path / "debug"
+    train_run(cfg, extra_config={"callbacks": [ShardRecorder(str(debug))]})
+    labels = training_labels(read_manifest(cfg.data.stage2_train))
+    r0 = json.loads((debug / "stage1_e1_r0.json").read_text())
+    r1 = json.loads((debug / "stage1_e1_r1.json").read_text())
+    ids0, ids1 = set(labels[r0["seen"]].tolist()), set(labels[r1["seen"]].tolist())
+    assert ids0 and ids1 and not (ids0 & ids1), "an identity was split across workers"
+    assert r0["digests"] and r0["digests"] == r1["digests"]
+    _logged_val_map_is_the_protocols("veriwild", man, tmp_path, "two-ssb", "ssbver")

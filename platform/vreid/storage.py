@@ -75,6 +75,21 @@ def read_text(uri: str) -> Optional[str]:
         return f.read().decode()
 
 
+def list_dirs(uri: str, prefix: str = "") -> list[str]:
+    """The sub-folders of ``uri`` whose names start with ``prefix``, as URIs (none if it does not exist)."""
+    if not is_remote(uri):
+        p = Path(uri.removeprefix("file://"))
+        return sorted(str(c) for c in p.iterdir() if c.is_dir() and c.name.startswith(prefix)) if p.is_dir() else []
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))
+                   if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+    return [join(uri, n) for n in names]
+
+
 def write_text(uri: str, text: str) -> None:
     """Write a small file whole (a local file through a temp file and rename)."""
     if not is_remote(uri):

@@ -130,11 +130,15 @@ class MLflowEpochLogger(UserCallback):
         self.label = label
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        from mlflow import MlflowClient
-        from mlflow.entities import Metric
+        self.log_epoch(metrics[0], checkpoint.path if checkpoint is not None else None)
+
+    def log_epoch(self, m: dict[str, Any], checkpoint_path: Optional[str] = None, note: str = "") -> None:
+        """Log one epoch's reported metrics at step ``step_offset + epoch`` and print its progress line."""
         import time
 
-        m = metrics[0]
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric
+
         epoch = int(m.get("epoch", 0))
         step = self.step_offset + epoch
         now = int(time.time() * 1000)
@@ -147,14 +151,46 @@ class MLflowEpochLogger(UserCallback):
             batch.append(Metric(key, float(value), now, step))
         client = MlflowClient(self.tracking_uri)
         client.log_batch(self.run_id, metrics=batch)
-        if checkpoint is not None:
-            client.set_tag(self.run_id, f"checkpoint.{self.stage}", checkpoint.path)
+        if checkpoint_path is not None:
+            client.set_tag(self.run_id, f"checkpoint.{self.stage}", checkpoint_path)
         val = m.get("val_mAP", -1)
         print(
             f"[vreid] {self.label} {self.stage} epoch {epoch}: loss {m.get('loss', float('nan')):.4f} "
-            f"val mAP {val:.4f} rank1 {m.get('val_rank1', -1):.4f} ({m.get('images_per_s', 0):.0f} img/s)",
+            f"val mAP {val:.4f} rank1 {m.get('val_rank1', -1):.4f} ({m.get('images_per_s', 0):.0f} img/s){note}",
             flush=True,
         )
+
+    def backfill(self, storage_path: str, run_name: str) -> list[int]:
+        """Before a stage (re)starts: log the epochs its kept checkpoints hold that MLflow lacks.
+
+        Ray Train persists an epoch's checkpoint *before* the controller calls :meth:`after_report`; a
+        driver stopped between the two (Ctrl+C, a lost node) leaves an epoch that training resumes *after*
+        but MLflow never saw. Each checkpoint carries the metrics its epoch reported (``metrics.json``),
+        so the resumed run logs them once here. Returns the epochs logged."""
+        import json
+
+        from mlflow import MlflowClient
+
+        from vreid import storage
+
+        reported = []
+        for uri in storage.list_dirs(storage.join(storage_path, run_name), prefix="checkpoint_"):
+            text = storage.read_text(storage.join(uri, "metrics.json"))
+            if text:
+                m = json.loads(text)
+                if "epoch" in m:
+                    reported.append(m)
+        if not reported:
+            return []
+        client = MlflowClient(self.tracking_uri)
+        key = next((k for k in ("val_mAP", "loss") if k in reported[0]), None)
+        logged = {h.step for h in client.get_metric_history(self.run_id, key)} if key else set()
+        done = []
+        for m in sorted(reported, key=lambda m: int(m["epoch"])):
+            if self.step_offset + int(m["epoch"]) not in logged:
+                self.log_epoch(m, note=" (from its checkpoint: the driver stopped before logging it)")
+                done.append(int(m["epoch"]))
+        return done
 
 
 def runs_dataframe(experiment: str, tracking_uri: str):

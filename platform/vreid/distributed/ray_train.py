@@ -223,13 +223,17 @@ def run_recipe(
     for stage in cfg.stages:
         run_name = f"{name}-{stage}"
         done = stage_marker(storage_path, run_name)
+        callbacks = callbacks_for_stage(stage, offset) if callbacks_for_stage else []
+        # epochs checkpointed but never logged (the driver stopped in between) are logged before resuming
+        for cb in callbacks:
+            if hasattr(cb, "backfill"):
+                cb.backfill(storage_path, run_name)
         if done is not None:
             log(f"[vreid] {name}: {stage} already finished ({done['checkpoint']}); skipping")
             results[stage] = done
         else:
             log(f"[vreid] {name}: starting {stage} ({cfg.recipe}, {cfg.stage(stage).epochs} epochs, "
                 f"{cfg.scaling.num_workers} worker(s))")
-            callbacks = callbacks_for_stage(stage, offset) if callbacks_for_stage else []
             results[stage] = fit_stage(cfg, stage, run_name, storage_path, init, callbacks, extra_config)
         init = results[stage]["checkpoint"]
         offset += cfg.stage(stage).epochs
