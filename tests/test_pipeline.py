@@ -36,7 +36,9 @@ def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
         result = run_demo(
             out, str(REPO / "search_spaces" / "demo.yaml"), str(REPO / "search_spaces" / "postprocess_demo.yaml"),
             # 32 x 32 (the demo: 64 x 64): the same steps at a quarter of the pixels
-            overrides=["stage1.epochs=2", "stage2.epochs=1", "data.image_size=[32, 32]",
+            # max_failures 1: one Train restart after the killed worker; the trial that cannot train is
+            # tried twice, not three times (a config error fails the same way each time)
+            overrides=["stage1.epochs=2", "stage2.epochs=1", "data.image_size=[32, 32]", "scaling.max_failures=1",
                        "grid.params={'stage1.lr+stage2.lr': [0.05, 0.08, -1.0]}"],
             extra_config={"callbacks": [WorkerFault(after_epoch=1, marker=str(tmp / "fault_injected"))]},
         )
