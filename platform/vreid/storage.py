@@ -140,6 +140,44 @@ def alive_nodes() -> int:
     return sum(1 for n in ray.nodes() if n.get("Alive"))
 
 
+def dashboard_url() -> Optional[str]:
+    """The head's dashboard address as the cluster records it (``host:port``), or None."""
+    import ray._private.services as services
+
+    try:
+        url = services.get_webui_url_from_internal_kv()
+    except Exception:  # not connected, or an older GCS without the key
+        return None
+    return url.decode() if isinstance(url, bytes) else (url or None)
+
+
+def node_loss_warning(nodes: Optional[int] = None, url: Optional[str] = "") -> Optional[str]:
+    """On a cluster of more than one node, a warning when the head's dashboard does not answer.
+
+    Ray Train removes the worker-group placement groups of Train controllers that died with a lost node
+    through its placement-group cleaner, which asks the dashboard's State API whether a controller is
+    dead. Without a dashboard those groups stay reserved (and are re-placed on the surviving nodes), and
+    the retried trials wait for the CPUs they hold (seen on a two-node cluster here, README). ``url``:
+    the recorded dashboard address (default: asked from the cluster)."""
+    import urllib.request
+
+    nodes = alive_nodes() if nodes is None else nodes
+    if nodes <= 1:
+        return None
+    url = dashboard_url() if url == "" else url
+    if url:
+        try:
+            with urllib.request.urlopen(f"http://{url.removeprefix('http://')}/api/version", timeout=3) as r:
+                if r.status == 200:
+                    return None
+        except OSError:
+            pass
+    return (f"this Ray cluster has {nodes} nodes but its head's dashboard does not answer"
+            f"{f' at {url}' if url else ''}: if a node is lost, Ray Train cannot remove the lost controllers' "
+            "placement groups and the retried trials may wait for ever; start the head with the dashboard on "
+            "(`ray start --head --include-dashboard=true`, as ray_cluster.yaml does)")
+
+
 def _under(path: str, mount: str) -> bool:
     p, m = Path(path).resolve(), Path(mount).resolve()
     return p == m or m in p.parents

@@ -291,6 +291,9 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
     exp_dir = st.join(storage, name)
     uri = cfg.output.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.output.root)
     st.check_cluster_storage(storage, uri, shared)
+    warning = st.node_loss_warning()
+    if warning:
+        print(f"[vreid] warning: {warning}", flush=True)
     tracking.get_or_create_experiment(name, uri, artifact_root=Path(cfg.output.root) / "mlartifacts")
     parent_file = st.join(exp_dir, "mlflow_parent.json")
     parent_text = st.read_text(parent_file)
