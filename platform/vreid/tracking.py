@@ -5,7 +5,9 @@
 * One experiment per grid (or ``vreid train`` name); a parent run for the grid, a child run per trial
   with the flattened config as params, per-epoch metrics logged by :class:`MLflowEpochLogger` (a Ray Train
   callback running in the Train controller, so it sees each *persisted* report exactly once - a worker
-  that dies and resumes from its checkpoint never logs an epoch twice).
+  that dies and resumes from its checkpoint never logs an epoch twice; a driver stopped after a
+  checkpoint was persisted but before its report was logged leaves that epoch to
+  :meth:`MLflowEpochLogger.backfill`, which logs it from the checkpoint when the stage resumes).
 """
 
 from __future__ import annotations
