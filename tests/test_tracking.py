@@ -32,7 +32,7 @@ def _checkpoint(stage_dir, name, metrics):
     (d / "metrics.json").write_text(json.dumps(metrics))
 
 
-def test_an_epoch_checkpointed_but_not_logged_is_logged_once_on_resume(tmp_path):
+def test_an_epoch_checkpointed_but_not_logged_is_logged_once_on_resume(tmp_path, capsys):
     """A driver interrupted between Ray Train persisting epoch 5's checkpoint and the controller's
     after_report lost epoch 5 in MLflow (seen in the grid-resume test: steps 1-4, 6-16): resuming from
     that checkpoint must log it, once, whatever is resumed how often; epochs MLflow has stay as they are."""
@@ -49,8 +49,12 @@ def test_an_epoch_checkpointed_but_not_logged_is_logged_once_on_resume(tmp_path)
     _checkpoint(stage_dir, "checkpoint_2026-01-01_00-00-02.000000", {"epoch": 2, "loss": 1.0, "val_mAP": 0.2})
     _checkpoint(stage_dir, "checkpoint_2026-01-01_00-00-03.000000", {"epoch": 3, "loss": 0.5, "val_mAP": 0.35, "note": "x"})
     (stage_dir / "checkpoint_manager_snapshot.json").write_text("{}")
+    damaged = stage_dir / "checkpoint_2026-01-01_00-00-01.000000"
+    damaged.mkdir()
+    (damaged / "metrics.json").write_text('{"epoch": 1, "loss"')  # a damaged file is named and skipped
 
     assert logger.backfill(str(storage), "t-stage2") == [3]
+    assert "metrics.json: not JSON" in capsys.readouterr().out
     assert logger.backfill(str(storage), "t-stage2") == []  # a second resume logs nothing again
     history = {m.step: m.value for m in client.get_metric_history(run_id, "val_mAP")}
     assert history == {5: 0.1, 6: 0.2, 7: 0.35}

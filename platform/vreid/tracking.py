@@ -177,11 +177,16 @@ class MLflowEpochLogger(UserCallback):
 
         reported = []
         for uri in storage.list_dirs(storage.join(storage_path, run_name), prefix="checkpoint_"):
-            text = storage.read_text(storage.join(uri, "metrics.json"))
-            if text:
-                m = json.loads(text)
-                if "epoch" in m:
-                    reported.append(m)
+            path = storage.join(uri, "metrics.json")
+            text = storage.read_text(path)
+            try:
+                m = json.loads(text) if text else {}
+            except ValueError as exc:  # a damaged file costs that epoch's MLflow row, not the resume
+                print(f"[vreid] {self.label} {self.stage}: {path}: not JSON ({exc}); its epoch is not backfilled",
+                      flush=True)
+                continue
+            if isinstance(m, dict) and "epoch" in m:
+                reported.append(m)
         if not reported:
             return []
         client = MlflowClient(self.tracking_uri)
