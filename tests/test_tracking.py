@@ -59,5 +59,11 @@ def test_an_epoch_checkpointed_but_not_logged_is_logged_once_on_resume(tmp_path,
     history = {m.step: m.value for m in client.get_metric_history(run_id, "val_mAP")}
     assert history == {5: 0.1, 6: 0.2, 7: 0.35}
     assert sorted(m.step for m in client.get_metric_history(run_id, "stage2/loss")) == [5, 6, 7]
+    # an epoch without validation (eval_every > 1) that MLflow has is not logged again
+    for epoch in (4,):
+        logger.log_epoch({"epoch": epoch, "loss": 0.4})
+    _checkpoint(stage_dir, "checkpoint_2026-01-01_00-00-04.000000", {"epoch": 4, "loss": 0.4})
+    assert logger.backfill(str(storage), "t-stage2") == []
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [5, 6, 7, 8]
     # nothing checkpointed yet (a stage's first start): nothing to do
     assert logger.backfill(str(storage), "t-stage9") == []

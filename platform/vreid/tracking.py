@@ -190,11 +190,17 @@ class MLflowEpochLogger(UserCallback):
         if not reported:
             return []
         client = MlflowClient(self.tracking_uri)
-        key = next((k for k in ("val_mAP", "loss") if k in reported[0]), None)
-        logged = {h.step for h in client.get_metric_history(self.run_id, key)} if key else set()
+        logged: dict[str, set[int]] = {}  # steps MLflow has, per metric (validation may skip epochs)
         done = []
         for m in sorted(reported, key=lambda m: int(m["epoch"])):
-            if self.step_offset + int(m["epoch"]) not in logged:
+            # an epoch is logged when a metric it reported is (its metrics go in one log_batch)
+            key = next((k for k, v in m.items() if k != "epoch" and isinstance(v, (int, float))
+                        and not isinstance(v, bool)), None)
+            if key is None:
+                continue
+            if key not in logged:
+                logged[key] = {h.step for h in client.get_metric_history(self.run_id, key)}
+            if self.step_offset + int(m["epoch"]) not in logged[key]:
                 self.log_epoch(m, note=" (from its checkpoint: the driver stopped before logging it)")
                 done.append(int(m["epoch"]))
         return done
