@@ -15,6 +15,11 @@ import pytest
 
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray Train's preemption watcher (an extra actor per Train run that polls for draining nodes, i.e. spot
+# instances being reclaimed) off on the test clusters: no node is ever drained here, and each watcher is
+# one more process starting on a 2-core machine (about 2 CPU-seconds per Train run). Ray Train hands
+# this variable on from the driver to its controllers.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own stores
 os.environ.pop("RAY_ADDRESS", None)
 
@@ -73,10 +78,13 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     exe = Path(sys.executable).parent / "mlflow"
+    # MLflow 3's server job execution (its GenAI jobs: a job runner and a Huey consumer per job type, 14
+    # processes importing mlflow, about 70 CPU-seconds here) is off: vreid submits no server jobs
     proc = subprocess.Popen(
         [str(exe), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--artifacts-destination", str(root / "artifacts")],
         stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     uri = f"http://127.0.0.1:{port}"
     for _ in range(240):

@@ -131,13 +131,14 @@ def extract_ensemble_features(
     import pyarrow.parquet as pq
     import ray.data
 
+    if len(paths) == 0:
+        raise ValueError("batch inference needs at least one image path")
     work = Path(work_dir or tempfile.mkdtemp(prefix="vreid-infer-"))
     work.mkdir(parents=True, exist_ok=True)
     table = {"row": np.arange(len(paths), dtype=np.int64), "path": [str(p) for p in paths]}
     if bboxes is not None:
         table["bbox"] = [list(b) if b is not None and len(b) == 4 else None for b in bboxes]
-    index_path = work / "inference_index.parquet"
-    pq.write_table(pa.Table.from_pandas(pd.DataFrame(table), preserve_index=False), index_path)
+    index = pa.Table.from_pandas(pd.DataFrame(table), preserve_index=False)
     out_dir = work / "features"
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the job prints its own one-line progress
@@ -147,7 +148,11 @@ def extract_ensemble_features(
 
     sizes = [tuple(read_model_config(str(c).removeprefix("file://"))["image_size"]) for c in checkpoints]
     crop = crop_average and bboxes is not None
-    ds = ray.data.read_parquet(str(index_path), override_num_blocks=max(1, -(-len(paths) // (4 * batch_size))))
+    # the index (paths, boxes: a few MB even for 138,517 images) goes to the object store from memory, in
+    # blocks of 4 batches; read_parquet of a written copy started parquet footer-reader actors per job
+    n_blocks = max(1, -(-len(paths) // (4 * batch_size)))
+    step = -(-len(paths) // n_blocks)
+    ds = ray.data.from_arrow([index.slice(i, step) for i in range(0, len(paths), step)])
     # decode + resize in the read tasks, beside the actors' forwards: the actors never wait on JPEG decoding
     ds = ds.map_batches(decode_stage, fn_kwargs={"sizes": sizes, "crop": crop}, batch_size=batch_size,
                         batch_format="numpy", num_cpus=decode_cpus)

@@ -140,8 +140,8 @@ def efficiency_context(device: str) -> dict[str, str]:
             "ray_version": ray.__version__, "mlflow_version": mlflow.__version__}
 
 
-def _failed_run(grid_name: str, trial_id: str, config: dict[str, Any], exc: Exception) -> None:
-    """A FAILED run for a grid point whose config is invalid; once per trial (Tune retries it)."""
+def _failed_run(grid_name: str, trial_id: str, config: dict[str, Any], exc: Exception) -> str:
+    """A FAILED run for a grid point whose config is invalid, once (a resumed grid finds it); its id."""
     from mlflow import MlflowClient
 
     from vreid import tracking
@@ -149,8 +149,9 @@ def _failed_run(grid_name: str, trial_id: str, config: dict[str, Any], exc: Exce
     uri = config["tracking_uri"]
     client = MlflowClient(uri)
     point = dict(config.get("grid") or {})
-    if find_trial_run(client, uri, grid_name, trial_id) is not None:
-        return
+    existing = find_trial_run(client, uri, grid_name, trial_id)
+    if existing is not None:
+        return existing
     exp_id = tracking.get_or_create_experiment(grid_name, uri)
     tags = {"vreid.trial_id": trial_id, "vreid.grid": grid_name, "vreid.role": "trial",
             "vreid.error": f"{type(exc).__name__}: {exc}"[:5000],
@@ -162,6 +163,39 @@ def _failed_run(grid_name: str, trial_id: str, config: dict[str, Any], exc: Exce
         tracking.log_params(client, run.info.run_id, {f"grid.{k}": v for k, v in point.items()})
     finally:
         client.set_terminated(run.info.run_id, status="FAILED")
+    return run.info.run_id
+
+
+def grid_points(params: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every point of the full grid over ``params``, the last key varying fastest."""
+    import itertools
+
+    keys = list(params)
+    return [dict(zip(keys, values)) for values in itertools.product(*(list(params[k]) for k in keys))]
+
+
+def check_points(base: dict[str, Any], points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[int, dict[str, Any], VreidError]]]:
+    """The grid points whose config is valid, and ``(index, point, error)`` for each that is not: a point
+    that cannot train fails the same way on every try, so it is reported before the grid starts and
+    never becomes a Ray Tune trial (Tune would start it, and retry it ``scaling.max_failures`` times)."""
+    valid, invalid = [], []
+    for i, point in enumerate(points):
+        run = copy.deepcopy(base)
+        for key, value in point.items():
+            set_dotted(run, key, value)
+        run["grid"] = None
+        try:
+            config_from_dict(run, f"grid point {run_name(point) or i}")
+        except VreidError as exc:
+            invalid.append((i, point, exc))
+            continue
+        valid.append(point)
+    return valid, invalid
+
+
+def invalid_trial_id(grid_name: str, index: int) -> str:
+    """The stable id of the grid's ``index``-th point when its config is invalid (it has no Tune trial)."""
+    return f"{grid_name}_invalid_{index:05d}"
 
 
 def grid_size(params: dict[str, list[Any]]) -> int:
@@ -305,9 +339,20 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
 
     base = cfg.to_dict()
     base["grid"] = None
+    valid, invalid = check_points(base, grid_points(grid.params))
+    failed_points = []
+    for index, point, exc in invalid:
+        trial_id = invalid_trial_id(name, index)
+        run_id = _failed_run(name, trial_id, {"tracking_uri": uri, "grid": point, "parent_run_id": parent_run_id,
+                                               "source": tracking.driver_source()}, exc)
+        print(f"[vreid] grid point {run_name(point)} cannot train, not run: {exc}", flush=True)
+        failed_points.append({"trial_id": trial_id, "config": point, "metrics": {}, "checkpoint_uri": None,
+                              "mlflow_run_id": run_id, "error": f"{type(exc).__name__}: {exc}"})
+    if not valid:
+        raise VreidError(f"no point of grid '{name}' can train: " + "; ".join(str(exc) for _, _, exc in invalid))
     param_space = {
         "run": base,
-        "grid": {k: tune.grid_search(list(v)) for k, v in grid.params.items()},
+        "grid": tune.grid_search(valid),
         "grid_name": name,
         "tracking_uri": uri,
         "parent_run_id": parent_run_id,
@@ -319,7 +364,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
     if grid.trial_gpus:
         resources["gpu"] = grid.trial_gpus
     trainable = tune.with_resources(grid_trial, resources)
-    total = grid_size(grid.params)
+    total = len(valid)
     if resume and tune.Tuner.can_restore(exp_dir):
         print(f"[vreid] resuming grid {name} from {exp_dir}", flush=True)
         tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -338,10 +383,12 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
         )
     from vreid.progress import progress_board
 
-    print(f"[vreid] grid {name}: {total} trials, MLflow {uri}, Ray storage {storage}", flush=True)
+    skipped = f" ({len(invalid)} grid point(s) that cannot train not run)" if invalid else ""
+    print(f"[vreid] grid {name}: {total} trials{skipped}, MLflow {uri}, Ray storage {storage}", flush=True)
     with progress_board():  # the workers' step progress, printed here (and so in `ray job logs`)
         result_grid = tuner.fit()
     selection = selection_from_results(result_grid, name, grid.top_k, grid.metric, grid.mode, uri)
+    selection["failed"] += failed_points
     client = MlflowClient(uri)
     for item in selection["finished"] + selection["failed"]:
         if item.get("mlflow_run_id"):
