@@ -1,6 +1,6 @@
 """A grid whose driver is interrupted continues with ``--resume`` without re-running finished trials.
 
-(Worker death inside a trial, a trial that fails for good, and MLflow over HTTP are checked on the
+(Worker death inside a trial, a grid point that cannot train, and MLflow over HTTP are checked on the
 pipeline's own grid in tests/test_pipeline.py, so the suite trains one grid fewer.)
 """
 

@@ -203,6 +203,11 @@ def two_nodes(moto_s3, tmp_path_factory):
         kill_temp_dir(tmp)
 
 
+# Opt-in with the node-loss test below (VREID_NODE_LOSS_TEST=1): a second Ray cluster of two nodes costs
+# about 35 CPU-seconds to start (issue 12); the refusal's rule is checked without it above
+# (test_local_storage_refused_on_a_multi_node_cluster), this is `vreid grid` counting real nodes.
+@pytest.mark.skipif(os.environ.get("VREID_NODE_LOSS_TEST") != "1",
+                    reason="starts a two-node cluster; VREID_NODE_LOSS_TEST=1 runs it (README, multi-node)")
 def test_local_storage_is_refused_on_two_nodes(two_nodes, vehiclenet_manifests, tmp_path):
     space = _space(vehiclenet_manifests, tmp_path, storage_path=str(tmp_path / "ray"))
     out = subprocess.run([str(Path(sys.executable).parent / "vreid"), "grid", str(space), "--tracking-uri",

@@ -21,8 +21,9 @@ from conftest import REPO
 @pytest.fixture(scope="module")
 def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
     """The demo pipeline, small, tracked by a real `mlflow server` over HTTP. Its grid has a third
-    trial that cannot train (a negative learning rate), and one worker is killed after its first
-    epoch, so the fault handling is checked on the pipeline's own grid."""
+    point that cannot train (a negative learning rate: reported as failed before the grid starts, never
+    a Tune trial), and one worker is killed after its first epoch, so the fault handling is checked on
+    the pipeline's own grid."""
     import os
 
     from engine_callbacks import WorkerFault, by_value
@@ -36,8 +37,7 @@ def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
         result = run_demo(
             out, str(REPO / "search_spaces" / "demo.yaml"), str(REPO / "search_spaces" / "postprocess_demo.yaml"),
             # 32 x 32 (the demo: 64 x 64): the same steps at a quarter of the pixels
-            # max_failures 1: one Train restart after the killed worker; the trial that cannot train is
-            # tried twice, not three times (a config error fails the same way each time)
+            # max_failures 1: one Train restart after the killed worker
             overrides=["stage1.epochs=2", "stage2.epochs=1", "data.image_size=[32, 32]", "scaling.max_failures=1",
                        "grid.params={'stage1.lr+stage2.lr': [0.05, 0.08, -1.0]}"],
             extra_config={"callbacks": [WorkerFault(after_epoch=1, marker=str(tmp / "fault_injected"))]},
@@ -88,8 +88,9 @@ def test_pipeline_outputs_exist_and_parse(demo_run):
 
 
 def test_grid_faults_and_mlflow_over_http(demo_run):
-    """A worker killed mid-trial resumes from its checkpoint (each epoch in MLflow once); the trial that
-    cannot train is reported failed with its error; selection comes from the others."""
+    """A worker killed mid-trial resumes from its checkpoint (each epoch in MLflow once); the grid point
+    that cannot train is reported failed with its error (and its FAILED run); selection comes from the
+    others."""
     from mlflow import MlflowClient
 
     from vreid import tracking
@@ -108,6 +109,9 @@ def test_grid_faults_and_mlflow_over_http(demo_run):
         assert run.info.status == "FINISHED" and run.data.tags["vreid.selected"] == "true"
         assert run.data.tags["git_commit"] and run.data.tags["manifest.stage1_train"] != "none"
         assert run.data.tags["mlflow.parentRunId"] and run.data.params["model.backbone"] == "test_resnet"
+    bad = client.get_run(sel["failed"][0]["mlflow_run_id"])
+    assert bad.info.status == "FAILED" and "'stage1.lr' must be > 0" in bad.data.tags["vreid.error"]
+    assert bad.info.run_name == "lr-1" and bad.data.tags["mlflow.parentRunId"] == sel["parent_run_id"]
     table = tracking.compare_table("demo", uri)
     assert len(table) == 3 and sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED"]
     assert table.iloc[0]["selected"] and table.iloc[0]["val_mAP"] == pytest.approx(sel["selected"][0]["metrics"]["val_mAP"])

@@ -318,6 +318,11 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
         raise VreidError("this config has no 'grid.params' section to sweep")
     name = name or cfg.name
     grid = cfg.grid
+    base = cfg.to_dict()
+    base["grid"] = None
+    valid, invalid = check_points(base, grid_points(grid.params))
+    if not valid:  # refused before anything is started or logged
+        raise VreidError(f"no point of grid '{name}' can train: " + "; ".join(str(exc) for _, _, exc in invalid))
     init_ray(num_cpus=num_cpus)
     from vreid import storage as st
 
@@ -337,9 +342,6 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
         parent_run_id = start_grid_run(cfg, name, uri)
         st.write_text(parent_file, json.dumps({"run_id": parent_run_id}))
 
-    base = cfg.to_dict()
-    base["grid"] = None
-    valid, invalid = check_points(base, grid_points(grid.params))
     failed_points = []
     for index, point, exc in invalid:
         trial_id = invalid_trial_id(name, index)
@@ -348,8 +350,6 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
         print(f"[vreid] grid point {run_name(point)} cannot train, not run: {exc}", flush=True)
         failed_points.append({"trial_id": trial_id, "config": point, "metrics": {}, "checkpoint_uri": None,
                               "mlflow_run_id": run_id, "error": f"{type(exc).__name__}: {exc}"})
-    if not valid:
-        raise VreidError(f"no point of grid '{name}' can train: " + "; ".join(str(exc) for _, _, exc in invalid))
     param_space = {
         "run": base,
         "grid": tune.grid_search(valid),
