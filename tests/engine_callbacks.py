@@ -67,7 +67,8 @@ class ShardRecorder:
 class HoldAfterEpoch:
     """Rank 0 stops after epoch ``epoch`` was reported (its checkpoint persisted): it writes
     ``<folder>/held`` and sleeps until ``<folder>/release`` exists, so a test can interrupt a grid's
-    driver at a known point of a trial instead of racing its training."""
+    driver at a known point of a trial instead of racing its training. Every epoch rank 0 finishes is
+    appended to ``<folder>/epochs`` (one line, its 1-based number), so a test sees which were trained."""
 
     def __init__(self, epoch: int, folder: str):
         self.epoch, self.folder = int(epoch), str(folder)
@@ -76,9 +77,13 @@ class HoldAfterEpoch:
         import time
 
         folder = Path(self.folder)
-        if ctx.rank != 0 or ctx.epoch + 1 != self.epoch:
+        if ctx.rank != 0:
             return
         folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "epochs", "a") as f:
+            f.write(f"{ctx.epoch + 1}\n")
+        if ctx.epoch + 1 != self.epoch:
+            return
         (folder / "held").write_text(str(os.getpid()))
         while not (folder / "release").exists():
             time.sleep(0.2)
