@@ -20,6 +20,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # one more process starting on a 2-core machine (about 2 CPU-seconds per Train run). Ray Train hands
 # this variable on from the driver to its controllers.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# torch single-threaded in the test processes and the vreid processes they start (Ray sets it for its
+# own workers): two xdist workers share the 2 cores, and a second torch thread per process only adds
+# contention at these tiny sizes
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own stores
 os.environ.pop("RAY_ADDRESS", None)
 
@@ -28,9 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A real Ray head on 127.0.0.1 (`ray start --head`, dashboard and Jobs API on, token auth off for
-    this loopback-only test cluster), 4 logical CPUs on this 2-core machine; this session's tests
-    attach to it with ``ray.init(address=...)``."""
+    """A real Ray head on 127.0.0.1 (`ray start --head`, token auth off for this loopback-only test
+    cluster), 4 logical CPUs on this 2-core machine; this session's tests attach to it with
+    ``ray.init(address=...)``. No dashboard: no test submits a job to this head (README's `ray job
+    submit` runs on a head of its own, tests/test_pipeline.py), and an idle dashboard and its agent cost
+    about 2 CPU-seconds a minute here, per xdist worker. (A multi-node cluster needs it: the two-node
+    fixture of tests/test_multinode.py runs one.)"""
     import subprocess
     import sys
 
@@ -42,7 +49,7 @@ def ray_cluster():
     # every listening port chosen free: a default port held by another Ray instance on this machine
     # would leave the head without a job agent ("No available agent to submit job")
     ports = free_port_flags(head=True)
-    port, dash = (next(f.split("=")[1] for f in ports if f.startswith(k)) for k in ("--port=", "--dashboard-port="))
+    port = next(f.split("=")[1] for f in ports if f.startswith("--port="))
     os.environ["RAY_AUTH_MODE"] = "disabled"
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "RAY_AUTH_MODE": "disabled"}
@@ -56,13 +63,13 @@ def ray_cluster():
     ray_constants.ENABLE_RAY_CLUSTER = False
     head_env = env
     cmd = [os.path.join(bin_dir, "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", "--include-dashboard=false",
            "--num-cpus=4", f"--temp-dir={tmp}", "--disable-usage-stats", *ports]
     subprocess.run(cmd, env=head_env, check=True, capture_output=True, text=True, timeout=180)
     address = f"127.0.0.1:{port}"
     try:
         ray.init(address=address, log_to_driver=False)
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": tmp, "env": env}
+        yield {"address": address, "temp_dir": tmp, "env": env}
     finally:
         ray.shutdown()
         # only the processes of *this* head (and their children), never `ray stop`, which would stop
