@@ -20,10 +20,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # one more process starting on a 2-core machine (about 2 CPU-seconds per Train run). Ray Train hands
 # this variable on from the driver to its controllers.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-# torch single-threaded in the test processes and the vreid processes they start (Ray sets it for its
-# own workers): two xdist workers share the 2 cores, and a second torch thread per process only adds
-# contention at these tiny sizes
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own stores
 os.environ.pop("RAY_ADDRESS", None)
 
