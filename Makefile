@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 # pip installs without byte-compiling its ~21,000 files (about 75 CPU-seconds on this 2-core machine);
-# Python compiles, and caches, only the modules a process imports, on first import, so a machine-wide
-# PYTHONDONTWRITEBYTECODE must not stop it from writing that cache
+# tools/warm_bytecode.py then imports, once, what vreid's processes import, so Python caches that
+# bytecode before a run's many processes would all compile it at once; a machine-wide
+# PYTHONDONTWRITEBYTECODE must not stop Python from writing that cache
 unexport PYTHONDONTWRITEBYTECODE
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -14,6 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PY) tools/warm_bytecode.py
 	touch $(STAMP)
 
 install: $(STAMP)
