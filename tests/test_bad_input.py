@@ -390,6 +390,10 @@ CASES: dict[str, Case] = {
     "train-momentum-nan": Case(train("stage1.momentum=.nan"), ["stage1.momentum", "nan"], "4"),
     "grid-lr-nan": Case(grid("grid.params={stage1.lr: [0.01, .nan]}"), ["stage1.lr", "nan"], "4"),
     "grid-top-k-0": Case(grid("grid.top_k=0"), ["grid.top_k", ">= 1"], "4"),
+    # one point of three invalid: `vreid grid` refuses the grid before Ray starts (the Python API's
+    # run_grid would report that point as a failed trial and run the others: tests/test_pipeline.py)
+    "grid-one-point-invalid": Case(grid("grid.params={stage1.lr: [0.05, -1.0, 0.08]}"),
+                                   ["grid.params.stage1.lr=-1.0", "'stage1.lr' must be > 0, got -1.0"], "4"),
     "ensemble-top-k-0": Case(ensemble("--top-k", "0", models=lambda ws, tmp: ["--selection", str(ws["selection"])]),
                              ["--top-k", ">= 1"], "4"),
     "ensemble-top-k-neg": Case(ensemble("--top-k", "-1", models=lambda ws, tmp: ["--selection", str(ws["selection"])]),

@@ -173,19 +173,27 @@ def test_a_stalled_trial_is_reported_once(capsys):
 
 def test_grid_points_and_the_ones_that_cannot_train(tmp_path):
     """The grid's points are the product of the swept values (2 x 3 here, written out by hand); a point
-    whose config is invalid is set apart with the error naming the field, before any trial starts."""
-    from vreid.distributed.grid import check_points, grid_points, grid_size
+    whose config is invalid is set apart with the error naming the field. The Python API's run_grid
+    refuses a grid with no valid point before Ray starts (`vreid grid` refuses any invalid point:
+    tests/test_bad_input.py)."""
+    import ray
+
+    from vreid.distributed.grid import run_grid
+    from vreid.errors import VreidError
+    from vreid.preflight import grid_points, split_grid_points
 
     params = {"stage1.batch_size+stage2.batch_size": [16, 32], "stage1.lr+stage2.lr": [0.05, -1.0, 0.08]}
-    points = grid_points(params)
-    assert len(points) == grid_size(params) == 6
+    cfg = config_from_dict(grid_dict(tmp_path, tmp_path, params))
+    points = grid_points(cfg)
     k, lr = "stage1.batch_size+stage2.batch_size", "stage1.lr+stage2.lr"
     assert points == [{k: 16, lr: 0.05}, {k: 16, lr: -1.0}, {k: 16, lr: 0.08},
                       {k: 32, lr: 0.05}, {k: 32, lr: -1.0}, {k: 32, lr: 0.08}]
-    base = config_from_dict(grid_dict(tmp_path, tmp_path, params)).to_dict()
-    base["grid"] = None
-    valid, invalid = check_points(base, points)
+    valid, invalid = split_grid_points(cfg, "space.yaml")
     assert valid == [points[0], points[2], points[3], points[5]]
     assert [i for i, _, _ in invalid] == [1, 4]
     assert all("'stage1.lr' must be > 0, got -1.0" in str(exc) for _, _, exc in invalid)
-    assert "grid point bs16-lr-1" in str(invalid[0][2])
+    assert f"space.yaml (grid.params.{k}=16, grid.params.{lr}=-1.0)" in str(invalid[0][2])
+    none_valid = config_from_dict(grid_dict(tmp_path, tmp_path, {"stage1.lr": [-1.0, 0.0]}))
+    with pytest.raises(VreidError, match=r"no point of grid 'demo' can train: .*got -1\.0.*got 0\.0"):
+        run_grid(none_valid)
+    assert not ray.is_initialized() and not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()

@@ -112,10 +112,39 @@ def check_run_config(cfg: RunConfig, where: str, cache: dict[str, Any] | None = 
 
 
 def grid_points(cfg: RunConfig) -> list[dict[str, Any]]:
-    """Every ``{dotted key: value}`` point of ``cfg.grid.params`` (the cross product Tune runs)."""
+    """Every ``{dotted key: value}`` point of ``cfg.grid.params`` (the cross product), the last key
+    varying fastest."""
     params = cfg.grid.params if cfg.grid else {}
     keys = list(params)
     return [dict(zip(keys, values)) for values in itertools.product(*(params[k] for k in keys))]
+
+
+def point_run(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """The run config dict of one grid point: ``base`` (a config dict) with the point's values set."""
+    run = copy.deepcopy(base)
+    for key, value in point.items():
+        set_dotted(run, key, value)
+    run["grid"] = None
+    return run
+
+
+def split_grid_points(cfg: RunConfig, where: str) -> tuple[list[dict[str, Any]], list[tuple[int, dict[str, Any], VreidError]]]:
+    """The grid points whose config is valid, and ``(index, point, error)`` for each that is not (the
+    config's own checks, as a trial builds it). `vreid grid` refuses a grid with any invalid point
+    (:func:`check_grid_config`); :func:`vreid.distributed.grid.run_grid` reports such points as failed
+    trials without starting them."""
+    base = cfg.to_dict()
+    base["grid"] = None
+    valid, invalid = [], []
+    for i, point in enumerate(grid_points(cfg)):
+        label = ", ".join(f"grid.params.{k}={v!r}" for k, v in point.items())
+        try:
+            config_from_dict(point_run(base, point), f"{where} ({label})")
+        except VreidError as exc:
+            invalid.append((i, point, exc))
+            continue
+        valid.append(point)
+    return valid, invalid
 
 
 def check_grid_config(cfg: RunConfig, where: str, allow_outside_root: bool = False) -> None:
@@ -132,12 +161,9 @@ def check_grid_config(cfg: RunConfig, where: str, allow_outside_root: bool = Fal
     base["grid"] = None
     cache: dict[str, Any] = {}
     for point in grid_points(cfg):
-        run = copy.deepcopy(base)
-        for key, value in point.items():
-            set_dotted(run, key, value)
         label = ", ".join(f"grid.params.{k}={v!r}" for k, v in point.items())
         try:
-            trial = config_from_dict(run, f"{where} ({label})")
+            trial = config_from_dict(point_run(base, point), f"{where} ({label})")
             trial.data = trial.data.resolved(Path.cwd())
             check_run_config(trial, f"{where} ({label})", cache, allow_outside_root)
         except ConfigError:

@@ -166,33 +166,6 @@ def _failed_run(grid_name: str, trial_id: str, config: dict[str, Any], exc: Exce
     return run.info.run_id
 
 
-def grid_points(params: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """Every point of the full grid over ``params``, the last key varying fastest."""
-    import itertools
-
-    keys = list(params)
-    return [dict(zip(keys, values)) for values in itertools.product(*(list(params[k]) for k in keys))]
-
-
-def check_points(base: dict[str, Any], points: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[int, dict[str, Any], VreidError]]]:
-    """The grid points whose config is valid, and ``(index, point, error)`` for each that is not: a point
-    that cannot train fails the same way on every try, so it is reported before the grid starts and
-    never becomes a Ray Tune trial (Tune would start it, and retry it ``scaling.max_failures`` times)."""
-    valid, invalid = [], []
-    for i, point in enumerate(points):
-        run = copy.deepcopy(base)
-        for key, value in point.items():
-            set_dotted(run, key, value)
-        run["grid"] = None
-        try:
-            config_from_dict(run, f"grid point {run_name(point) or i}")
-        except VreidError as exc:
-            invalid.append((i, point, exc))
-            continue
-        valid.append(point)
-    return valid, invalid
-
-
 def invalid_trial_id(grid_name: str, index: int) -> str:
     """The stable id of the grid's ``index``-th point when its config is invalid (it has no Tune trial)."""
     return f"{grid_name}_invalid_{index:05d}"
@@ -318,9 +291,13 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
         raise VreidError("this config has no 'grid.params' section to sweep")
     name = name or cfg.name
     grid = cfg.grid
+    from vreid.preflight import split_grid_points
+
     base = cfg.to_dict()
     base["grid"] = None
-    valid, invalid = check_points(base, grid_points(grid.params))
+    # a point that cannot train fails the same way on every try: it is reported now and never becomes
+    # a Tune trial (Tune would start it, and retry it scaling.max_failures times)
+    valid, invalid = split_grid_points(cfg, f"grid '{name}'")
     if not valid:  # refused before anything is started or logged
         raise VreidError(f"no point of grid '{name}' can train: " + "; ".join(str(exc) for _, _, exc in invalid))
     init_ray(num_cpus=num_cpus)
