@@ -1,6 +1,7 @@
 # The two commands: `make demo` and `make test`. Each creates .venv when missing, then reuses it.
 PYTHON ?= python3
 VENV := .venv
+# tools/install.py installs requirements.lock's pins (no resolving; four pips side by side) and vreid;
 # pip installs without byte-compiling its ~21,000 files (about 75 CPU-seconds on this 2-core machine);
 # tools/warm_bytecode.py then imports, once, what vreid's processes import, so Python caches that
 # bytecode before a run's many processes would all compile it at once; a machine-wide
@@ -11,10 +12,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast install clean bench
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PY) tools/install.py
 	$(PY) tools/warm_bytecode.py
 	touch $(STAMP)
 

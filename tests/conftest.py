@@ -142,7 +142,7 @@ _SERVICE_FIXTURES = {"ray_cluster", "mlflow_server", "two_nodes", "moto_s3"}
 
 # `make test` hands whole files to two pytest-xdist workers in this order (`--dist loadfile
 # --no-loadscope-reorder`): the longest first, so the short ones fill both workers' ends
-_LONGEST_FIRST = ("test_pipeline.py", "test_train.py", "test_grid.py", "test_atomic_outputs.py", "test_bad_input.py",
+_LONGEST_FIRST = ("test_pipeline.py", "test_train.py", "test_atomic_outputs.py", "test_bad_input.py",
                   "test_multinode.py", "test_eval_cli.py", "test_detect.py", "test_sockets.py")
 
 

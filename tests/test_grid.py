@@ -1,16 +1,13 @@
-"""A grid whose driver is interrupted continues with ``--resume`` without re-running finished trials.
+"""The grid's driver-side parts without training: the progress counter and stall warning, run names,
+the grid points that cannot train, a grid with no valid point refused before Ray starts.
 
-(Worker death inside a trial, a grid point that cannot train, and MLflow over HTTP are checked on the
-pipeline's own grid in tests/test_pipeline.py, so the suite trains one grid fewer.)
+(A grid interrupted and resumed, worker death inside a trial, a point that cannot train among valid
+ones, and MLflow over HTTP are checked on the pipeline's own grid in tests/test_pipeline.py, so the
+suite trains one grid, not two.)
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -35,81 +32,6 @@ def grid_dict(manifests: Path, root: Path, params: dict, **over) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return raw
-
-
-def epoch_history(client, run_id: str, key: str = "val_mAP") -> list[int]:
-    return sorted(m.step for m in client.get_metric_history(run_id, key))
-
-
-def test_grid_resume_after_interrupted_driver(ray_cluster, vehiclenet_manifests, tmp_path):
-    """A grid of two points, Stage-I only (what is resumed is Tune's experiment, not the chaining of
-    stages, which the pipeline's grid covers), at 32 x 32: a trial of 3 epochs that holds after its
-    epoch 2 was reported (a test callback: no race with its training), and a point that cannot train
-    (reported before the grid starts). The driver is interrupted while the trial holds. The resumed grid
-    trains only epoch 3, from the checkpoint of epoch 2; each epoch is logged once; the point that cannot
-    train keeps its one FAILED run. (One trial, not two: each trial costs a Tune trial actor, a Train
-    controller, a worker and Train's helper actors, ~40 CPU-seconds on this 2-core machine; a finished
-    stage left alone on resume is the stage marker's job, tests/test_bad_input.py. Racing a 16-epoch
-    trial instead once lost epoch 5: checkpointed, then the driver stopped before logging it; resuming
-    now logs such an epoch from its checkpoint, tests/test_tracking.py.)"""
-    from mlflow import MlflowClient
-
-    from vreid import tracking
-    from vreid.distributed.grid import run_grid
-
-    raw = grid_dict(vehiclenet_manifests, tmp_path, {"stage1.lr": [0.05, -1.0]},
-                    **{"name": "resume", "grid.top_k": 1, "stage1.epochs": 3, "stage1.milestones": [3],
-                       "stage2.epochs": 0, "data.image_size": [32, 32]})
-    space = tmp_path / "space.yaml"
-    space.write_text(yaml.safe_dump(raw))
-    hold = tmp_path / "hold"
-    driver = tmp_path / "driver.py"
-    driver.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
-        "from engine_callbacks import HoldAfterEpoch, by_value\n"
-        "from vreid.config import load_config\n"
-        "from vreid.distributed.grid import run_grid\n"
-        "from vreid.distributed.ray_train import init_ray\n"
-        "by_value()\n"
-        f"cfg = load_config({str(space)!r})\n"
-        "init_ray()\n"
-        f"run_grid(cfg, extra_config={{'callbacks': [HoldAfterEpoch(2, {str(hold)!r})]}})\n")
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster["address"]}
-    log = open(tmp_path / "driver.log", "w")
-    proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    storage = tmp_path / "ray"
-    deadline = time.time() + 600
-    while time.time() < deadline and not (hold / "held").exists():
-        if proc.poll() is not None:
-            pytest.fail("the grid driver exited early:\n" + (tmp_path / "driver.log").read_text()[-3000:])
-        time.sleep(0.5)
-    assert (hold / "held").exists(), "the trial did not reach its hold"
-    proc.send_signal(signal.SIGINT)  # the driver is interrupted while the trial holds after epoch 2
-    proc.wait(timeout=120)
-    (hold / "release").write_text("")  # the resumed run passes its epoch 2 (it resumes after it anyway)
-    assert (hold / "epochs").read_text().split() == ["1", "2"]
-    assert not list(storage.glob("resume-*-stage1/vreid_stage.json")), "the trial finished before the interrupt"
-    uri = tracking.default_tracking_uri(tmp_path)
-    assert len(tracking.runs_dataframe("resume", uri).query("`tags.vreid.role` == 'trial'")) == 2
-
-    cfg = config_from_dict(raw)
-    cfg.data = cfg.data.resolved()
-    from engine_callbacks import HoldAfterEpoch, by_value
-
-    by_value()
-    # the same extra config as the interrupted driver's (Tune restores only an unchanged param space)
-    selection = run_grid(cfg, resume=True, extra_config={"callbacks": [HoldAfterEpoch(2, str(hold))]})
-    assert (hold / "epochs").read_text().split() == ["1", "2", "3"], "the resumed trial did not start from epoch 2's checkpoint"
-    assert len(selection["finished"]) == 1 and len(selection["failed"]) == 1, selection
-    assert "'stage1.lr' must be > 0" in selection["failed"][0]["error"]
-    assert not list(storage.glob("resume-*-stage2")), "stage2.epochs: 0 ran a Stage-II"
-    client = MlflowClient(selection["tracking_uri"])
-    run_id = selection["finished"][0]["mlflow_run_id"]
-    assert epoch_history(client, run_id) == [1, 2, 3]
-    assert epoch_history(client, run_id, "stage1/loss") == [1, 2, 3]
-    trials = tracking.runs_dataframe("resume", uri).query("`tags.vreid.role` == 'trial'")
-    assert sorted(trials["status"]) == ["FAILED", "FINISHED"], trials[["status", "tags.vreid.trial_id"]]
 
 
 class _Trial:

@@ -18,33 +18,69 @@ from PIL import Image
 from conftest import REPO
 
 
+# the demo at 32 x 32 (the demo: 64 x 64): the same steps at a quarter of the pixels; max_failures 1: one
+# Train restart after the killed worker; a third grid point that cannot train
+OVERRIDES = ["stage1.epochs=2", "stage2.epochs=1", "data.image_size=[32, 32]", "scaling.max_failures=1",
+             "grid.params={'stage1.lr+stage2.lr': [0.05, 0.08, -1.0]}"]
+SPACE, CHAIN = str(REPO / "search_spaces" / "demo.yaml"), str(REPO / "search_spaces" / "postprocess_demo.yaml")
+
+
 @pytest.fixture(scope="module")
 def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
-    """The demo pipeline, small, tracked by a real `mlflow server` over HTTP. Its grid has a third
-    point that cannot train (a negative learning rate: reported as failed before the grid starts, never
-    a Tune trial), and one worker is killed after its first epoch, so the fault handling is checked on
-    the pipeline's own grid."""
+    """The demo pipeline, small, tracked by a real `mlflow server` over HTTP, interrupted once and
+    resumed, with the grid's faults (tests/engine_callbacks.py::pipeline_faults): its point that cannot
+    train (a negative learning rate) is reported failed before the grid starts, never a Tune trial; in
+    trial lr0.08 a worker is killed after its first epoch (Ray Train restarts it from the checkpoint);
+    trial lr0.05 holds after its Stage-I epoch 1 until lr0.08 has finished, and then the demo's driver
+    (a process of its own, as `vreid demo` is) gets SIGINT. The demo is then resumed in this process
+    (`run_demo(resume=True)`, what `vreid demo --resume` runs): its data is kept, lr0.08 is not run
+    again, lr0.05 continues from its epoch-1 checkpoint, then the camera model, the ensemble, the report.
+    (One grid for the faults, the interrupt and the pipeline: each Tune grid costs trial actors, Train
+    controllers, workers and Train's helper actors, ~40 CPU-seconds per trial on this 2-core machine.)"""
     import os
+    import signal
+    import sys
 
-    from engine_callbacks import WorkerFault, by_value
+    from engine_callbacks import by_value, pipeline_faults
     from vreid.demo import run_demo
 
     by_value()
     tmp = tmp_path_factory.mktemp("pipeline")
-    out = tmp / "demo"
+    out, faults = tmp / "demo", tmp / "faults"
+    driver = tmp / "driver.py"
+    driver.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from engine_callbacks import by_value, pipeline_faults\n"
+        "from vreid.demo import run_demo\n"
+        "by_value()\n"
+        f"run_demo({str(out)!r}, {SPACE!r}, {CHAIN!r}, overrides={OVERRIDES!r}, "
+        f"extra_config={{'callbacks': pipeline_faults({str(faults)!r})}})\n")
+    env = {**ray_cluster["env"], "RAY_ADDRESS": ray_cluster["address"], "MLFLOW_TRACKING_URI": mlflow_server}
+    log_path = tmp / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not ((faults / "hold" / "held").exists() and "finished (1/2 done)" in log_path.read_text()):
+        if proc.poll() is not None:
+            pytest.fail("the demo's driver exited early:\n" + log_path.read_text()[-4000:])
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("lr0.05 did not hold or lr0.08 did not finish:\n" + log_path.read_text()[-4000:])
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    interrupted = {"returncode": proc.wait(timeout=180), "log": log_path.read_text(),
+                   "selection_written": (out / "ray" / "demo" / "selection.json").exists(),
+                   "epochs": (faults / "hold" / "epochs").read_text().splitlines()}
+    (faults / "hold" / "release").write_text("")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server
     try:
-        result = run_demo(
-            out, str(REPO / "search_spaces" / "demo.yaml"), str(REPO / "search_spaces" / "postprocess_demo.yaml"),
-            # 32 x 32 (the demo: 64 x 64): the same steps at a quarter of the pixels
-            # max_failures 1: one Train restart after the killed worker
-            overrides=["stage1.epochs=2", "stage2.epochs=1", "data.image_size=[32, 32]", "scaling.max_failures=1",
-                       "grid.params={'stage1.lr+stage2.lr': [0.05, 0.08, -1.0]}"],
-            extra_config={"callbacks": [WorkerFault(after_epoch=1, marker=str(tmp / "fault_injected"))]},
-        )
+        result = run_demo(out, SPACE, CHAIN, overrides=OVERRIDES, resume=True,
+                          extra_config={"callbacks": pipeline_faults(str(faults))})
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
-    result["fault_marker"] = tmp / "fault_injected"
+    result["faults"] = faults
+    result["interrupted"] = interrupted
     return result
 
 
@@ -97,7 +133,7 @@ def test_grid_faults_and_mlflow_over_http(demo_run):
 
     sel = demo_run["selection"]
     uri = demo_run["tracking_uri"]
-    assert demo_run["fault_marker"].exists(), "no worker was killed"
+    assert (demo_run["faults"] / "fault_injected").exists(), "no worker was killed"
     assert len(sel["finished"]) == 2 and len(sel["failed"]) == 1
     assert "stage1.lr" in sel["failed"][0]["error"]
     client = MlflowClient(uri)
@@ -116,6 +152,20 @@ def test_grid_faults_and_mlflow_over_http(demo_run):
     assert len(table) == 3 and sorted(table["status"]) == ["FAILED", "FINISHED", "FINISHED"]
     assert table.iloc[0]["selected"] and table.iloc[0]["val_mAP"] == pytest.approx(sel["selected"][0]["metrics"]["val_mAP"])
     assert table.iloc[0]["params_m"] > 0
+
+
+def test_interrupted_demo_stops_and_resumes_where_it_stopped(demo_run):
+    """The demo's driver, interrupted while lr0.05 held after its Stage-I epoch 1 and lr0.08 had
+    finished, stops there: it exits non-zero, says how to continue, and writes no selection (Ray Tune
+    returns after a SIGINT; selecting from the trials that happened to finish would hand the ensemble a
+    partial grid). Resumed, lr0.05 trains its Stage-I epoch 2 and its Stage-II from the epoch-1
+    checkpoint (epoch 1 is not trained again); its epochs and lr0.08's are each logged once
+    (test_grid_faults_and_mlflow_over_http)."""
+    it = demo_run["interrupted"]
+    assert it["returncode"] != 0 and not it["selection_written"], it["log"][-3000:]
+    assert "grid 'demo' interrupted with 1 of 2 trial(s) unfinished" in it["log"] and "--resume" in it["log"]
+    assert it["epochs"] == ["stage1 1"]
+    assert (demo_run["faults"] / "hold" / "epochs").read_text().splitlines() == ["stage1 1", "stage1 2", "stage2 1"]
 
 
 def test_mlflow_is_where_runs_are_compared_and_handed_on(demo_run):

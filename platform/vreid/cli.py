@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = args.func(args)
-    except KeyboardInterrupt:
-        print("vreid: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"vreid: interrupted: {exc}" if str(exc) else "vreid: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place every failure is turned into one line
         return _report(exc, argv)

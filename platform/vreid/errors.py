@@ -19,6 +19,13 @@ class EvaluationInputError(VreidError, ValueError):
     """Arrays given to an evaluation function do not match what it expects."""
 
 
+class GridInterrupted(KeyboardInterrupt):
+    """A grid's driver was interrupted (Ctrl-C, SIGINT) before every trial ended. Ray Tune catches the
+    signal, saves the experiment and returns; the grid then stops here instead of selecting from the
+    trials that happened to finish. A KeyboardInterrupt: what the user's Ctrl-C asked for; the CLI
+    prints its message (how to continue) and exits 130."""
+
+
 def _children(exc: BaseException) -> list[BaseException]:
     """The exceptions an exception wraps: Python's cause/context, Ray's ``cause`` (RayTaskError), Ray
     Train's ``worker_failures`` / ``controller_failure``, Tune's ``errors``, exception groups."""

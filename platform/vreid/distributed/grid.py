@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from vreid.config import RunConfig, config_from_dict, set_dotted
-from vreid.errors import VreidError
+from vreid.errors import GridInterrupted, VreidError
 from vreid.io import atomic_write_text
 
 SELECTION_FILE = "selection.json"
@@ -364,6 +364,10 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
     print(f"[vreid] grid {name}: {total} trials{skipped}, MLflow {uri}, Ray storage {storage}", flush=True)
     with progress_board():  # the workers' step progress, printed here (and so in `ray job logs`)
         result_grid = tuner.fit()
+    unfinished = unfinished_trials(result_grid)
+    if unfinished:  # Tune returns after a SIGINT: nothing is selected, registered or marked finished
+        raise GridInterrupted(f"grid '{name}' interrupted with {unfinished} of {len(result_grid)} trial(s) unfinished; "
+                              f"finished trials and checkpoints are kept in {exp_dir}: run it again with --resume")
     selection = selection_from_results(result_grid, name, grid.top_k, grid.metric, grid.mode, uri)
     selection["failed"] += failed_points
     client = MlflowClient(uri)
@@ -515,6 +519,14 @@ def select_best(rows: list[dict[str, Any]], metric: str, mode: str = "max", top_
     sign = -1.0 if mode == "max" else 1.0
     ordered = sorted(finished, key=lambda r: sign * float(r["metrics"][metric]))  # stable: ties keep order
     return {"selected": ordered[:top_k], "finished": ordered, "failed": failed}
+
+
+def unfinished_trials(result_grid) -> int:
+    """How many trials of a Tune ``ResultGrid`` neither sent their final row (:func:`grid_trial` sends it
+    last) nor failed: trials still pending or running when the driver was interrupted. (Not Tune's
+    statuses: after a SIGINT Tune stops the running trials and reports them TERMINATED, while the
+    experiment it saved has them unfinished, so ``--resume`` runs them.)"""
+    return sum(1 for result in result_grid if result.error is None and not (result.metrics or {}).get("final"))
 
 
 def selection_from_results(result_grid, name: str, top_k: int, metric: str, mode: str,
