@@ -99,7 +99,7 @@ class HoldAfterEpoch:
 
 def pipeline_faults(folder: str) -> list:
     """The pipeline test's grid faults (tests/test_pipeline.py): in trial lr0.08 the worker dies after
-    its first epoch (marker ``<folder>/fault_injected``); trial lr0.05 holds after its Stage-I epoch 1
+    its first epoch (marker ``<folder>/fault_injected``); trial lr0.05 holds after its Stage-II epoch 1
     (``<folder>/hold``). The interrupted driver and the resumed one pass the same list."""
     return [WorkerFault(1, f"{folder}/fault_injected", when={"stage1.lr": 0.08}),
-            HoldAfterEpoch(1, f"{folder}/hold", when={"stage1.lr": 0.05})]
+            HoldAfterEpoch(1, f"{folder}/hold", stage="stage2", when={"stage1.lr": 0.05})]
