@@ -121,3 +121,27 @@ def test_grid_points_and_the_ones_that_cannot_train(tmp_path):
         run_grid(none_valid)
     assert ray.is_initialized() == ray_was_up, "Ray was started for a grid that could be refused before it"
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_sigint_handler_is_put_back_after_a_fit():
+    """Ray Tune's and Ray Train's fit() replace the main thread's SIGINT handler and leave theirs behind
+    (Tune's then swallows the next Ctrl+C, Train's exits 0 on it); run_grid and fit_stage put the
+    caller's back, also when the fit raises."""
+    import signal
+
+    from vreid.distributed.ray_train import sigint_restored
+
+    def mine(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGINT, mine)
+    try:
+        with sigint_restored():
+            signal.signal(signal.SIGINT, lambda signum, frame: None)  # what fit() does in the main thread
+        assert signal.getsignal(signal.SIGINT) is mine
+        with pytest.raises(RuntimeError), sigint_restored():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            raise RuntimeError("fit failed")
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -34,8 +34,8 @@ def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
     trial lr0.05 holds after its Stage-II epoch 1 until lr0.08 has finished, and then the demo's driver
     (a process of its own, as `vreid demo` is) gets SIGINT. The demo is then resumed in this process
     (`run_demo(resume=True)`, what `vreid demo --resume` runs): its data is kept, lr0.08 is not run
-    again, lr0.05 continues its Stage-II from its epoch-1 checkpoint, then the camera model, the
-    ensemble, the report. (Held in Stage-II, not Stage-I: the resumed trial then has one Ray Train run
+    again, nor is the camera model (it trained beside the grid and finished before the interrupt),
+    lr0.05 continues its Stage-II from its epoch-1 checkpoint, then the ensemble and the report. (Held in Stage-II, not Stage-I: the resumed trial then has one Ray Train run
     left, not two, on this test's critical path.)
     (One grid for the faults, the interrupt and the pipeline: each Tune grid costs trial actors, Train
     controllers, workers and Train's helper actors, ~40 CPU-seconds per trial on this 2-core machine.)"""
@@ -63,12 +63,13 @@ def demo_run(ray_cluster, mlflow_server, tmp_path_factory):
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, str(driver)], env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
-    while not ((faults / "hold" / "held").exists() and "finished (1/2 done)" in log_path.read_text()):
+    camera_done = out / "camera_model" / "ray" / "demo_camera-stage1" / "vreid_stage.json"  # it trains beside the grid
+    while not ((faults / "hold" / "held").exists() and "finished (1/2 done)" in log_path.read_text() and camera_done.exists()):
         if proc.poll() is not None:
             pytest.fail("the demo's driver exited early:\n" + log_path.read_text()[-4000:])
         if time.time() > deadline:
             proc.kill()
-            pytest.fail("lr0.05 did not hold or lr0.08 did not finish:\n" + log_path.read_text()[-4000:])
+            pytest.fail("lr0.05 did not hold, or lr0.08 or the camera model did not finish:\n" + log_path.read_text()[-4000:])
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     interrupted = {"returncode": proc.wait(timeout=180), "log": log_path.read_text(),
@@ -167,6 +168,13 @@ def test_interrupted_demo_stops_and_resumes_where_it_stopped(demo_run):
     assert it["returncode"] != 0 and not it["selection_written"], it["log"][-3000:]
     assert "grid 'demo' interrupted with 1 of 2 trial(s) unfinished" in it["log"] and "--resume" in it["log"]
     assert it["epochs"] == ["stage1 1", "stage1 2", "stage2 1"]
+    # the camera model finished beside the grid before the interrupt: resumed, it was not trained again
+    from mlflow import MlflowClient
+
+    client = MlflowClient(demo_run["tracking_uri"])
+    camera_runs = client.search_runs([client.get_experiment_by_name("demo_camera").experiment_id])
+    assert len(camera_runs) == 1 and camera_runs[0].info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(camera_runs[0].info.run_id, "stage1/loss")) == [1, 2, 3]
     assert (demo_run["faults"] / "hold" / "epochs").read_text().splitlines() == ["stage1 1", "stage1 2", "stage2 1", "stage2 2"]
 
 

@@ -87,13 +87,19 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
         _make_data(out, data, manifests, ids, images_per_id)
         atomic_write_text(out / DATA_DONE, json.dumps(data_params))
 
-    _step(4, "running the demo grid on a local Ray cluster (Ray Tune trials, each Stage-I then Stage-II on Ray Train)")
+    _step(4, "running the demo grid on a local Ray cluster (Ray Tune trials, each Stage-I then Stage-II on Ray Train), "
+             "and beside it the camera model (VehicleNet IV-C camera verification clusters its features)")
     cfg = load_config(space, [f"data.manifests={manifests}", f"output.root={out}", *(overrides or [])])
     # progress comes from the grid's driver-side callback; the workers' own logs stay in Ray's log folder
     init_ray(num_cpus=num_cpus or 2 * (os.cpu_count() or 2), log_to_driver=False)
+    uri = cfg.output.mlflow_tracking_uri or tracking.default_tracking_uri(cfg.output.root)  # run_grid's store
+    from mlflow import MlflowClient
+
+    MlflowClient(uri).search_experiments(max_results=1)  # an SQLite store's tables made once, before two threads use it
+    # the camera model needs only the manifests: it trains beside the grid (its own Ray Train run)
+    camera = _Background(train_camera_model, space, manifests, out, overrides, tracking_uri=uri)
     # a progress line every 10 steps inside each epoch (the demo's epochs are short)
     selection = run_grid(cfg, name=cfg.name, resume=resume, extra_config={"progress_every_steps": 10, **(extra_config or {})})
-    uri = selection["tracking_uri"]
     print(f"selected {len(selection['selected'])} of {len(selection['finished'])} finished trials "
           f"({len(selection['failed'])} failed) -> {selection['path']}")
     for item in selection["failed"]:
@@ -104,9 +110,9 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
     atomic_write_text(out / "compare.md", table.drop(columns=["run_id"]).to_markdown(index=False, floatfmt=".4f"))
     print(table.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
 
-    _step(6, "the camera model (VehicleNet IV-C camera verification: its features are clustered), then the "
-             "ensemble job: best-k features (flip x scales [1, 0.9, 0.8]) on Ray Data -> post-processing -> track2.txt")
-    camera_checkpoint = train_camera_model(space, manifests, out, overrides, tracking_uri=uri)
+    _step(6, "the ensemble job: best-k features (flip x scales [1, 0.9, 0.8]) on Ray Data, with the camera model's "
+             "for camera verification -> post-processing -> track2.txt")
+    camera_checkpoint = camera.result()
     ens_dir = out / "ensemble"
     _run(["ensemble", "--selection", selection["path"], "--manifests", str(manifests), "--chain", chain,
           "--out", str(ens_dir), "--batch-size", "64", "--camera-checkpoint", camera_checkpoint])
@@ -140,6 +146,31 @@ def run_demo(out: str | Path, space: str, chain: str, ids: int | None = None, im
     print("\n".join(lines), flush=True)
     return {"out": str(out), "selection": selection, "camera_checkpoint": camera_checkpoint, "tracking_uri": uri, "submission": str(ens_dir / "track2.txt"),
             "report": str(report_path) if report_path else None}
+
+
+class _Background:
+    """``fn(*args, **kwargs)`` in a daemon thread (Ray and MLflow clients are thread-safe);
+    :meth:`result` waits for it and raises its error, if any."""
+
+    def __init__(self, fn, *args, **kwargs):
+        import threading
+
+        self._out: dict = {}
+
+        def run() -> None:
+            try:
+                self._out["value"] = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                self._out["error"] = exc
+
+        self._thread = threading.Thread(target=run, name=f"vreid-{fn.__name__}", daemon=True)
+        self._thread.start()
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._out:
+            raise self._out["error"]
+        return self._out["value"]
 
 
 def _make_data(out: Path, data: Path, manifests: Path, ids: int | None, images_per_id: int | None) -> None:

@@ -286,7 +286,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
     from mlflow import MlflowClient
 
     from vreid import tracking
-    from vreid.distributed.ray_train import init_ray, storage_path_for
+    from vreid.distributed.ray_train import init_ray, sigint_restored, storage_path_for
     if cfg.grid is None or not cfg.grid.params:
         raise VreidError("this config has no 'grid.params' section to sweep")
     name = name or cfg.name
@@ -362,7 +362,7 @@ def run_grid(cfg: RunConfig, name: Optional[str] = None, resume: bool = False, n
 
     skipped = f" ({len(invalid)} grid point(s) that cannot train not run)" if invalid else ""
     print(f"[vreid] grid {name}: {total} trials{skipped}, MLflow {uri}, Ray storage {storage}", flush=True)
-    with progress_board():  # the workers' step progress, printed here (and so in `ray job logs`)
+    with progress_board(), sigint_restored():  # the workers' step progress, printed here (and in `ray job logs`)
         result_grid = tuner.fit()
     unfinished = unfinished_trials(result_grid)
     if unfinished:  # Tune returns after a SIGINT: nothing is selected, registered or marked finished

@@ -16,6 +16,7 @@ recipe with the same name skips finished stages and resumes the unfinished one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -187,7 +188,8 @@ def fit_stage(
             callbacks=callbacks or [],
         ),
     )
-    result = trainer.fit()
+    with sigint_restored():  # Ctrl+C during fit: Train's graceful abort; after it: the caller's handler again
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:
@@ -197,6 +199,22 @@ def fit_stage(
     out = {"checkpoint": storage.checkpoint_uri(storage_path, result.checkpoint.path), "metrics": _plain(result.metrics)}
     storage.write_text(storage.join(storage_path, run_name, STAGE_MARKER), json.dumps(out, indent=2))
     return out
+
+
+@contextlib.contextmanager
+def sigint_restored():
+    """Put back the SIGINT handler a Ray Tune or Ray Train ``fit()`` replaces in the main thread and
+    leaves behind (Tune's swallowed the next Ctrl+C after the grid; Train's exits 0 on it)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    finally:
+        if main and handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
