@@ -10,15 +10,13 @@ finishes and selects from the others.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from vreid.config import RunConfig, config_from_dict, set_dotted
+from vreid.config import RunConfig, config_from_dict
 from vreid.errors import GridInterrupted, VreidError
-from vreid.io import atomic_write_text
 
 SELECTION_FILE = "selection.json"
 METRIC_KEYS = ("val_mAP", "val_rank1", "val_rank5", "val_mINP")
@@ -34,13 +32,11 @@ def grid_trial(config: dict[str, Any]) -> None:
     from vreid.models import measure_efficiency
     from vreid.train.checkpoint import load_model_for_inference
     from vreid.distributed.run import start_mlflow_run
+    from vreid.preflight import point_run
 
     ctx = ray.tune.get_context()
     trial_id = ctx.get_trial_id()
-    run = copy.deepcopy(config["run"])
-    for key, value in (config.get("grid") or {}).items():
-        set_dotted(run, key, value)
-    run["grid"] = None
+    run = point_run(config["run"], config.get("grid") or {})
     grid_name = config["grid_name"]
     try:
         cfg = config_from_dict(run, f"grid trial {trial_id}")
